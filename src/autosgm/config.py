@@ -1,0 +1,290 @@
+"""The AutoSGM configuration: one validated object per param group.
+
+Two spellings compile into the same :class:`AutoSGMConfig`:
+
+* the readable keyword API (torch.optim names where torch has the concept: ``lr``, ``betas``,
+  ``eps``, ``weight_decay``, ``decoupled_weight_decay``, ``maximize``, ``foreach``), and
+* the seed's tuples ``lr_cfg``, ``beta_cfg``, ``rc_cfg``, ``wd_cfg``, ``eps_cfg``, parsed by
+  :func:`parse_seed_tuples` — the only place where positional tuple indexing happens.
+
+Every value is checked once, in :meth:`AutoSGMConfig.from_group`; bad input raises
+``ValueError``/``TypeError`` naming the argument, and nothing is clamped or rewritten.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import torch
+
+from .windows import Window
+
+__all__ = [
+    "NUMERATORS",
+    "NUMERATOR_CODES",
+    "AutoSGMConfig",
+    "SEED_KEYS",
+    "parse_seed_tuples",
+]
+
+#: Readable names of the learning-rate numerators (spec section 4). The first five are the seed's
+#: ``num_lrc`` codes 0-4, in order; ``corr`` has no code.
+NUMERATORS: tuple[str, ...] = (
+    "unity",
+    "parcor-bounded",
+    "parcor-maxbound",
+    "parcor-markov",
+    "parcor-chebyshev",
+    "corr",
+)
+NUMERATOR_CODES: dict[int, str] = {i: name for i, name in enumerate(NUMERATORS[:5])}
+NUMERATOR_MODES: tuple[str, ...] = ("tensor", "element")
+
+#: Which readable settings each seed tuple sets (mixing both spellings of one setting is an error).
+SEED_KEYS: dict[str, tuple[str, ...]] = {
+    "lr_cfg": ("normalize", "lr", "numerator"),
+    "beta_cfg": ("beta_n", "betas", "gamma", "eta", "debias"),
+    "rc_cfg": ("window",),
+    "wd_cfg": ("weight_decay", "decoupled_weight_decay"),
+    "eps_cfg": ("eps", "repeat_eps"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# small checkers
+# ----------------------------------------------------------------------------------------------
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    return value
+
+
+def _pole(name: str, value: Any) -> float:
+    value = _real(name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _tuple(name: str, value: Any, lengths: tuple[int, ...]) -> tuple:
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple, got {type(value).__name__}")
+    if len(value) not in lengths:
+        want = " or ".join(str(n) for n in lengths)
+        raise ValueError(f"{name} must have {want} items, got {len(value)}: {tuple(value)!r}")
+    return tuple(value)
+
+
+def numerator_name(value: Any, name: str = "numerator") -> str:
+    """Resolve a numerator given by name or by the seed's ``num_lrc`` code."""
+    if isinstance(value, str):
+        if value not in NUMERATORS:
+            raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(NUMERATORS)}")
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if int(value) not in NUMERATOR_CODES:
+            raise ValueError(f"unknown {name} code {value!r}; expected an int in 0-4")
+        return NUMERATOR_CODES[int(value)]
+    raise TypeError(f"{name} must be a name or an int code, got {type(value).__name__} {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the config object
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AutoSGMConfig:
+    """Validated settings of one param group (everything but ``lr``, which schedulers change).
+
+    Filter ``H(z) = η (1 − γ z⁻¹) / (1 − β z⁻¹)`` with ``β = betas[0]``, ``γ = gamma``,
+    ``η = eta`` (default ``(1 − β)/(1 − γ)``: unit DC gain); oracle ``α = μ F a / d`` with the
+    moment pole ``β_a = betas[1]``, numerator pole ``β_n = beta_n`` and window ``F = window``.
+    """
+
+    beta: float = 0.9
+    beta_a: float = 0.999
+    gamma: float = 0.0
+    eta: float = 0.1
+    beta_n: float = 0.9999
+    debias: bool = True
+    normalize: bool = True
+    numerator: str = "unity"
+    numerator_mode: str = "tensor"
+    eps: float = 1e-8
+    repeat_eps: bool = False
+    weight_decay: float = 0.0
+    decoupled_weight_decay: bool = False
+    window: Window | None = None
+    maximize: bool = False
+
+    # -- derived, cheap properties used by the step ------------------------------------------
+    @property
+    def has_filter_state(self) -> bool:
+        """The filter needs memory unless it is a pure gain with no delay (β = γ = 0)."""
+        return self.beta != 0.0 or self.gamma != 0.0
+
+    @property
+    def lerp_filter(self) -> bool:
+        """γ = 0 and η = 1 − β: the filter is an EMA, computed with ``lerp`` as torch's Adam does."""
+        return self.gamma == 0.0 and self.eta == 1.0 - self.beta
+
+    def filter_debias(self, t: int) -> float:
+        """Unit-step response ``S[t] = η[(1 − β^t) − γ(1 − β^(t−1))]/(1 − β)`` (1 when off)."""
+        if not self.debias:
+            return 1.0
+        b = self.beta
+        s = (1.0 - b**t) - self.gamma * (1.0 - b ** (t - 1))
+        if self.eta != 1.0 - b:  # for Adam's point the factor is exactly 1
+            s *= self.eta / (1.0 - b)
+        return s
+
+    def moment_debias(self, t: int) -> float:
+        """``1 − β_a^t`` (1 when debias is off)."""
+        return 1.0 - self.beta_a**t if self.debias else 1.0
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_group(cls, group: Mapping[str, Any]) -> "AutoSGMConfig":
+        """Validate the settings stored in a param group (readable keys) and build the config."""
+        betas = _tuple("betas", group["betas"], (2,))
+        beta = _pole("betas[0] (the filter pole β)", betas[0])
+        beta_a = _pole("betas[1] (the moment pole β_a)", betas[1])
+        gamma = _real("gamma", group["gamma"])
+        if gamma > beta:
+            raise ValueError(
+                f"gamma (the filter zero γ = {gamma}) must not exceed the pole β = {beta}: "
+                "γ > β is not a low-pass filter (γ = β is a pure gain)"
+            )
+        if gamma >= 1.0:
+            raise ValueError(f"gamma must be < 1, got {gamma}")
+        eta = group["eta"]
+        if eta is None:
+            eta = (1.0 - beta) / (1.0 - gamma)
+        else:
+            eta = _real("eta", eta)
+            if not (eta > 0.0 and math.isfinite(eta)):
+                raise ValueError(f"eta (the filter gain) must be a positive finite number, got {eta}")
+        normalize = _flag("normalize", group["normalize"])
+        numerator = numerator_name(group["numerator"])
+        if not normalize and numerator != "unity":
+            raise ValueError(
+                f"numerator={numerator!r} needs normalize=True (aoptlr): with a constant oracle a = d = 1"
+            )
+        mode = group["numerator_mode"]
+        if mode not in NUMERATOR_MODES:
+            raise ValueError(f"numerator_mode must be one of {NUMERATOR_MODES}, got {mode!r}")
+        eps = _real("eps", group["eps"])
+        if not eps > 0.0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        wd = _real("weight_decay", group["weight_decay"])
+        if not (wd >= 0.0 and math.isfinite(wd)):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {wd}")
+        window = group["window"]
+        if window is not None:
+            if isinstance(window, Mapping):
+                window = Window.from_dict(dict(window))
+            elif not isinstance(window, Window):
+                raise TypeError(f"window must be a Window, its to_dict() form, or None; got {type(window).__name__}")
+            if not window.active:
+                window = None
+        return cls(
+            beta=beta,
+            beta_a=beta_a,
+            gamma=gamma,
+            eta=eta,
+            beta_n=_pole("beta_n", group["beta_n"]),
+            debias=_flag("debias", group["debias"]),
+            normalize=normalize,
+            numerator=numerator,
+            numerator_mode=mode,
+            eps=eps,
+            repeat_eps=_flag("repeat_eps", group["repeat_eps"]),
+            weight_decay=wd,
+            decoupled_weight_decay=_flag("decoupled_weight_decay", group["decoupled_weight_decay"]),
+            window=window,
+            maximize=_flag("maximize", group["maximize"]),
+        )
+
+    def summary(self) -> str:
+        """One line per non-default setting, for ``repr``."""
+        out = []
+        for f in fields(self):
+            out.append(f"{f.name}={getattr(self, f.name)!r}")
+        return ", ".join(out)
+
+
+def check_lr(lr: Any) -> None:
+    """``lr`` (μ, the trust-region constant) is a number or a 0-d tensor, >= 0."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError("lr as a tensor must have one element")
+        value = float(lr.detach().cpu())
+    else:
+        value = _real("lr", lr)
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"lr must be a finite number >= 0, got {value}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the seed's tuples
+# ----------------------------------------------------------------------------------------------
+def parse_seed_tuples(
+    lr_cfg: Any = None,
+    beta_cfg: Any = None,
+    rc_cfg: Any = None,
+    wd_cfg: Any = None,
+    eps_cfg: Any = None,
+) -> dict[str, Any]:
+    """Translate the seed's configuration tuples into readable keyword settings.
+
+    ``lr_cfg = (aoptlr, lr_init, num_lrc)``,
+    ``beta_cfg = (beta_n, beta_a, beta_i, gamma_i, eta_i, debias)`` (``eta_i = 0``: default gain),
+    ``rc_cfg = (rcm, inseq, x, n, m, tau, spe, cfact, e)``, ``wd_cfg = (wd_cte, wd_lvl)``,
+    ``eps_cfg = (eps,)`` or ``(eps, repeat_eps)``. Tuples left as ``None`` set nothing.
+    """
+    out: dict[str, Any] = {}
+    if lr_cfg is not None:
+        aoptlr, lr_init, num_lrc = _tuple("lr_cfg", lr_cfg, (3,))
+        out["normalize"] = _flag("lr_cfg[0] (aoptlr)", aoptlr)
+        out["lr"] = _real("lr_cfg[1] (lr_init)", lr_init)
+        if isinstance(num_lrc, bool) or not isinstance(num_lrc, numbers.Integral):
+            raise TypeError(f"lr_cfg[2] (num_lrc) must be an int code 0-4, got {num_lrc!r}")
+        out["numerator"] = numerator_name(num_lrc, "lr_cfg[2] (num_lrc)")
+        if not out["normalize"] and num_lrc != 0:
+            raise ValueError(
+                f"lr_cfg[2] (num_lrc={num_lrc}) has no effect when lr_cfg[0] (aoptlr) is False; use 0"
+            )
+    if beta_cfg is not None:
+        beta_n, beta_a, beta_i, gamma_i, eta_i, debias = _tuple("beta_cfg", beta_cfg, (6,))
+        out["beta_n"] = _real("beta_cfg[0] (beta_n)", beta_n)
+        out["betas"] = (_real("beta_cfg[2] (beta_i)", beta_i), _real("beta_cfg[1] (beta_a)", beta_a))
+        out["gamma"] = _real("beta_cfg[3] (gamma_i)", gamma_i)
+        eta_i = _real("beta_cfg[4] (eta_i)", eta_i)
+        if eta_i < 0:
+            raise ValueError(f"beta_cfg[4] (eta_i) must be 0 (default gain) or > 0, got {eta_i}")
+        out["eta"] = None if eta_i == 0 else eta_i
+        out["debias"] = _flag("beta_cfg[5] (debias)", debias)
+    if rc_cfg is not None:
+        out["window"] = Window.from_seed(tuple(_tuple("rc_cfg", rc_cfg, (9,))))
+    if wd_cfg is not None:
+        wd_cte, wd_lvl = _tuple("wd_cfg", wd_cfg, (2,))
+        out["weight_decay"] = _real("wd_cfg[0] (wd_cte)", wd_cte)
+        if isinstance(wd_lvl, bool) or wd_lvl not in (0, 1):
+            raise ValueError(f"wd_cfg[1] (wd_lvl) must be 0 (coupled) or 1 (decoupled), got {wd_lvl!r}")
+        out["decoupled_weight_decay"] = wd_lvl == 1
+    if eps_cfg is not None:
+        items = _tuple("eps_cfg", eps_cfg, (1, 2))
+        out["eps"] = _real("eps_cfg[0] (eps)", items[0])
+        out["repeat_eps"] = _flag("eps_cfg[1] (repeat_eps)", items[1]) if len(items) == 2 else False
+    return out

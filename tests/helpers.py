@@ -1,0 +1,60 @@
+"""Shared fixtures for the optimizer tests: a small real network and a deterministic data stream."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def make_net(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A small MLP with several layers and biases."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)
+    ).to(dtype)
+
+
+def two_groups(net: nn.Module, **second: object) -> list[dict]:
+    """Two param groups: the first two layers, then the last one with its own settings."""
+    layers = [m for m in net if isinstance(m, nn.Linear)]
+    first = [p for m in layers[:-1] for p in m.parameters()]
+    return [{"params": first}, {"params": list(layers[-1].parameters()), **second}]
+
+
+def batch(step: int, dtype: torch.dtype = torch.float64, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(n, 6, generator=gen, dtype=dtype)
+    y = torch.randn(n, 3, generator=gen, dtype=dtype)
+    return x, y
+
+
+def loss_fn(net: nn.Module, step: int) -> torch.Tensor:
+    x, y = batch(step, next(net.parameters()).dtype)
+    return ((net(x) - y) ** 2).mean()
+
+
+def train(net: nn.Module, opt: torch.optim.Optimizer, steps: int, start: int = 0,
+          each: Callable[[int], None] | None = None) -> list[float]:
+    losses = []
+    for k in range(start, start + steps):
+        opt.zero_grad()
+        loss = loss_fn(net, k)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if each is not None:
+            each(k)
+    return losses
+
+
+def max_rel_diff(a: nn.Module | list, b: nn.Module | list) -> float:
+    pa = list(a.parameters()) if isinstance(a, nn.Module) else a
+    pb = list(b.parameters()) if isinstance(b, nn.Module) else b
+    worst = 0.0
+    for x, y in zip(pa, pb, strict=True):
+        scale = max(1.0, y.detach().abs().max().item()) if y.numel() else 1.0
+        if x.numel():
+            worst = max(worst, (x.detach() - y.detach()).abs().max().item() / scale)
+    return worst
