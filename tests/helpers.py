@@ -24,9 +24,11 @@ def two_groups(net: nn.Module, **second: object) -> list[dict]:
 
 
 def batch(step: int, dtype: torch.dtype = torch.float64, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable stream: fresh inputs each step, targets from a fixed teacher plus a little noise."""
+    teacher = torch.randn(6, 3, generator=torch.Generator().manual_seed(7), dtype=dtype)
     gen = torch.Generator().manual_seed(1000 + step)
     x = torch.randn(n, 6, generator=gen, dtype=dtype)
-    y = torch.randn(n, 3, generator=gen, dtype=dtype)
+    y = torch.sin(x @ teacher) + 0.05 * torch.randn(n, 3, generator=gen, dtype=dtype)
     return x, y
 
 

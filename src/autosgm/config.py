@@ -42,6 +42,7 @@ NUMERATORS: tuple[str, ...] = (
 )
 NUMERATOR_CODES: dict[int, str] = {i: name for i, name in enumerate(NUMERATORS[:5])}
 NUMERATOR_MODES: tuple[str, ...] = ("tensor", "element")
+NONFINITE_POLICIES: tuple[str, ...] = ("proceed", "skip", "raise")
 
 #: Which readable settings each seed tuple sets (mixing both spellings of one setting is an error).
 SEED_KEYS: dict[str, tuple[str, ...]] = {
@@ -87,6 +88,12 @@ def _tuple(name: str, value: Any, lengths: tuple[int, ...]) -> tuple:
     return tuple(value)
 
 
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
 def numerator_name(value: Any, name: str = "numerator") -> str:
     """Resolve a numerator given by name or by the seed's ``num_lrc`` code."""
     if isinstance(value, str):
@@ -127,6 +134,7 @@ class AutoSGMConfig:
     decoupled_weight_decay: bool = False
     window: Window | None = None
     maximize: bool = False
+    nonfinite: str = "proceed"
 
     # -- derived, cheap properties used by the step ------------------------------------------
     @property
@@ -181,9 +189,7 @@ class AutoSGMConfig:
             raise ValueError(
                 f"numerator={numerator!r} needs normalize=True (aoptlr): with a constant oracle a = d = 1"
             )
-        mode = group["numerator_mode"]
-        if mode not in NUMERATOR_MODES:
-            raise ValueError(f"numerator_mode must be one of {NUMERATOR_MODES}, got {mode!r}")
+        mode = _choice("numerator_mode", group["numerator_mode"], NUMERATOR_MODES)
         eps = _real("eps", group["eps"])
         if not eps > 0.0:
             raise ValueError(f"eps must be > 0, got {eps}")
@@ -214,6 +220,7 @@ class AutoSGMConfig:
             decoupled_weight_decay=_flag("decoupled_weight_decay", group["decoupled_weight_decay"]),
             window=window,
             maximize=_flag("maximize", group["maximize"]),
+            nonfinite=_choice("nonfinite", group["nonfinite"], NONFINITE_POLICIES),
         )
 
     def summary(self) -> str:
@@ -267,8 +274,8 @@ def parse_seed_tuples(
             )
     if beta_cfg is not None:
         beta_n, beta_a, beta_i, gamma_i, eta_i, debias = _tuple("beta_cfg", beta_cfg, (6,))
-        out["beta_n"] = _real("beta_cfg[0] (beta_n)", beta_n)
-        out["betas"] = (_real("beta_cfg[2] (beta_i)", beta_i), _real("beta_cfg[1] (beta_a)", beta_a))
+        out["beta_n"] = _pole("beta_cfg[0] (beta_n)", beta_n)
+        out["betas"] = (_pole("beta_cfg[2] (beta_i)", beta_i), _pole("beta_cfg[1] (beta_a)", beta_a))
         out["gamma"] = _real("beta_cfg[3] (gamma_i)", gamma_i)
         eta_i = _real("beta_cfg[4] (eta_i)", eta_i)
         if eta_i < 0:

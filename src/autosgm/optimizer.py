@@ -47,9 +47,10 @@ DEFAULTS: dict[str, Any] = OrderedDict(
     decoupled_weight_decay=False,
     window=None,
     maximize=False,
+    nonfinite="proceed",
     foreach=None,
 )
-_CONFIG_KEYS = tuple(k for k in DEFAULTS if k not in ("lr", "foreach"))
+_CONFIG_KEYS = tuple(k for k in DEFAULTS if k not in ("lr", "foreach", "fused"))
 
 
 class StepRecord(NamedTuple):
@@ -109,6 +110,10 @@ class AutoSGM(Optimizer):
         decoupled_weight_decay: apply ρ after normalization (AdamW convention). Default False.
         window: a :class:`~autosgm.windows.Window` giving ``F[t]``; None means ``F = 1``.
         maximize: ascend instead of descend. Default False.
+        nonfinite: what a group does when a gradient holds NaN/inf: ``"proceed"`` (as torch.optim;
+            no check, no cost), ``"skip"`` (leave the group's parameters and state untouched for this
+            step, counted in :attr:`skipped_steps`) or ``"raise"`` (:class:`FloatingPointError`).
+            Checking costs one host synchronisation per group and step.
         foreach: use the multi-tensor path; None picks it on CUDA (torch's rule).
         lr_cfg, beta_cfg, rc_cfg, wd_cfg, eps_cfg: the seed's tuples (see :func:`~autosgm.config.parse_seed_tuples`);
             giving a tuple and a keyword for the same setting is an error.
@@ -133,6 +138,7 @@ class AutoSGM(Optimizer):
         decoupled_weight_decay: bool = _Default(False),  # type: ignore[assignment]
         window: Window | None = _Default(None),  # type: ignore[assignment]
         maximize: bool = _Default(False),  # type: ignore[assignment]
+        nonfinite: str = _Default("proceed"),  # type: ignore[assignment]
         foreach: bool | None = None,
         lr_cfg: tuple | None = None,
         beta_cfg: tuple | None = None,
@@ -145,6 +151,7 @@ class AutoSGM(Optimizer):
             normalize=normalize, numerator=numerator, numerator_mode=numerator_mode, eps=eps,
             repeat_eps=repeat_eps, weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay, window=window, maximize=maximize,
+            nonfinite=nonfinite,
         )  # fmt: skip
         seed = dict(lr_cfg=lr_cfg, beta_cfg=beta_cfg, rc_cfg=rc_cfg, wd_cfg=wd_cfg, eps_cfg=eps_cfg)
         explicit = {k: v for k, v in given.items() if not isinstance(v, _Default)}
@@ -156,6 +163,8 @@ class AutoSGM(Optimizer):
         self._cfg_cache: dict[int, tuple[tuple, AutoSGMConfig]] = {}
         self._trajectory_hooks: OrderedDict[int, Callable[..., None]] = OrderedDict()
         self.last_window_values: list[float] = []
+        #: Per-group count of steps skipped by ``nonfinite="skip"``.
+        self.skipped_steps: list[int] = []
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------------------------------
@@ -229,6 +238,7 @@ class AutoSGM(Optimizer):
         self.__dict__.setdefault("_cfg_cache", {})
         self.__dict__.setdefault("_trajectory_hooks", OrderedDict())
         self.__dict__.setdefault("last_window_values", [])
+        self.__dict__.setdefault("skipped_steps", [])
         for group in self.param_groups:
             for key, value in DEFAULTS.items():
                 group.setdefault(key, value)
@@ -292,8 +302,11 @@ class AutoSGM(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         window_values = []
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             cfg = self.group_config(group)
+            if cfg.nonfinite != "proceed" and not self._grads_finite(gi, group, cfg):
+                window_values.append(self.last_window_values[gi] if gi < len(self.last_window_values) else 1.0)
+                continue
             lr = group["lr"]
             mu = float(lr) if isinstance(lr, Tensor) else lr
             params, grads, states = [], [], []
@@ -325,6 +338,42 @@ class AutoSGM(Optimizer):
             window_values.append(F)
         self.last_window_values = window_values
         return loss
+
+    def _grads_finite(self, gi: int, group: dict[str, Any], cfg: AutoSGMConfig) -> bool:
+        """Apply the group's non-finite-gradient policy; False means: skip this group's step."""
+        grads = [p.grad for p in group["params"] if p.grad is not None]
+        if not grads or all(torch.isfinite(g).all() for g in grads):
+            return True
+        if cfg.nonfinite == "raise":
+            raise FloatingPointError(f"non-finite gradient in param group {gi} (nonfinite='raise')")
+        while len(self.skipped_steps) <= gi:
+            self.skipped_steps.append(0)
+        self.skipped_steps[gi] += 1
+        return False
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state; refused when a group's saved settings differ from this optimizer's.
+
+        torch.optim would silently adopt the saved settings (e.g. another numerator) while the
+        caller constructed different ones; here the difference is an error. ``lr`` (driven by
+        schedulers), ``foreach`` and ``fused`` may differ. Settings added after the checkpoint
+        was written take their defaults.
+        """
+        saved = state_dict.get("param_groups", [])
+        if len(saved) == len(self.param_groups):
+            for i, (cur, old) in enumerate(zip(self.param_groups, saved)):
+                diffs = [
+                    f"{k}: saved {old.get(k, DEFAULTS[k])!r}, here {cur[k]!r}"
+                    for k in _CONFIG_KEYS
+                    if _freeze(old.get(k, DEFAULTS[k])) != _freeze(cur[k])
+                ]
+                if diffs:
+                    raise ValueError(
+                        f"the state_dict was saved with other settings for param group {i} ("
+                        + "; ".join(diffs)
+                        + "); construct the optimizer with the saved settings (state_dict['param_groups'])"
+                    )
+        super().load_state_dict(state_dict)
 
     def _record_fn(self, group: dict[str, Any], param: Tensor):
         if not self._trajectory_hooks:
