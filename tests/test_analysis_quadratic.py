@@ -295,13 +295,14 @@ def test_figures_main_writes_both_figures(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from autosgm.analysis import figures
 
-    assert figures.main([str(tmp_path / "out"), "--beta", "0.8", "--dpi", "60"]) == 0
-    for name in ("design_space.png", "responses.png"):
+    assert figures.main([str(tmp_path / "out"), "--beta", "0.8", "--dpi", "60", "--trace-steps", "30"]) == 0
+    for name in ("design_space.png", "responses.png", "traces.png"):
         path = tmp_path / "out" / name
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         assert len(data) > 10_000
     assert "design_space.png" in capsys.readouterr().out
+    assert (tmp_path / "out" / "trajectory.csv").read_text().startswith("step,param")
 
 
 def test_figure_functions_return_their_paths(tmp_path):

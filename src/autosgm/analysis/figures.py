@@ -250,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m autosgm.analysis.figures OUTDIR [--beta B] [--lam L] [--alpha A]``."""
     parser = argparse.ArgumentParser(
         prog="python -m autosgm.analysis.figures",
-        description="Write design_space.png and responses.png (filter design space, quadratic model).",
+        description="Write design_space.png and responses.png (filter design space, quadratic model) "
+        "and, from a probed training run, traces.png and trajectory.csv (alpha, r and the margin |beta r|).",
     )
     parser.add_argument("outdir", type=Path, help="directory for the PNG files (created if missing)")
     parser.add_argument("--beta", type=float, default=0.9, help="filter pole for the responses (default 0.9)")
@@ -258,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=None, help="common step (default 1/(3 lam))")
     parser.add_argument("--seed", type=int, default=0, help="Monte-Carlo seed (default 0)")
     parser.add_argument("--dpi", type=int, default=110, help="resolution (default 110)")
+    parser.add_argument("--trace-steps", type=int, default=300,
+                        help="steps of the probed training run (default 300; 0 skips the traces)")
     args = parser.parse_args(argv)
     args.outdir.mkdir(parents=True, exist_ok=True)
     for written in (
@@ -267,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     ):
         print(written)
+    if args.trace_steps > 0:
+        from . import probe
+
+        return probe.main([str(args.outdir), "--steps", str(args.trace_steps), "--seed", str(args.seed)])
     return 0
 
 
