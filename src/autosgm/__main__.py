@@ -1,0 +1,5 @@
+"""``python -m autosgm`` runs the ``autosgm`` command (see :mod:`autosgm.cli`)."""
+
+from autosgm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Sweeps: the study's grid of AutoSGM design points and baselines, run resumably into a result file.
+
+The grid is numerator × γ × learning rate (AutoSGM, normalized oracle), plus the baselines torch
+AdamW (at the same learning rates) and torch SGD-Nesterov (at its own learning rates), each for every
+seed. Every finished run is appended to the result file at once; a run whose key is already in the
+file is skipped, so an interrupted sweep continues where it stopped and a finished one does nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from .optimizers import OptimizerConfig
+from .results import append_result, completed_keys, run_key
+from .runner import run
+from .tasks.base import Task
+
+__all__ = ["BASELINES", "SweepSummary", "grid", "run_sweep"]
+
+#: Baselines a sweep can add: ``adamw`` (torch AdamW) and ``sgd-nesterov`` (torch SGD, Nesterov momentum).
+BASELINES = ("adamw", "sgd-nesterov")
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did: runs executed, runs skipped (already in the file), diverged runs, the file."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+    @property
+    def total(self) -> int:
+        return len(self.ran) + len(self.skipped)
+
+
+def grid(
+    *,
+    numerators: Sequence[str] = ("unity", "parcor-markov"),
+    gammas: Sequence[float | str] = (0.0, "nag", "mls"),
+    lrs: Sequence[float] = (1e-3,),
+    numerator_lrs: Mapping[str, Sequence[float]] | None = None,
+    beta: float = 0.9,
+    beta_a: float = 0.999,
+    weight_decay: float = 0.0,
+    baselines: Sequence[str] = BASELINES,
+    sgd_lrs: Sequence[float] = (0.05,),
+    sgd_weight_decay: float = 0.0,
+    schedule: str = "cosine",
+) -> list[OptimizerConfig]:
+    """The optimizer configurations of a sweep, AutoSGM points first, then the baselines.
+
+    Every numerator is run at each of ``lrs`` (AdamW too), unless ``numerator_lrs`` gives it its own
+    learning rates: the correlation numerators (``a ≤ 1``, rising from 0) usually want a larger μ than
+    unity. AutoSGM points use decoupled weight decay ``weight_decay``; AdamW uses the same;
+    SGD-Nesterov uses coupled ``sgd_weight_decay`` (the usual setting of each optimizer).
+    """
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+    if not lrs:
+        raise ValueError("lrs must not be empty")
+    numerator_lrs = dict(numerator_lrs or {})
+    stray = set(numerator_lrs) - set(numerators)
+    if stray:
+        raise ValueError(f"learning rates given for numerators not in the grid: {sorted(stray)}")
+    if any(not v for v in numerator_lrs.values()):
+        raise ValueError("numerator_lrs: every numerator needs at least one learning rate")
+    configs = [
+        OptimizerConfig.autosgm(lr, numerator=num, gamma=gamma, beta=beta, beta_a=beta_a,
+                                weight_decay=weight_decay, schedule=schedule)
+        for num in numerators
+        for lr in numerator_lrs.get(num, lrs)
+        for gamma in gammas
+    ]
+    if "adamw" in baselines:
+        configs += [OptimizerConfig.torch_adamw(lr, weight_decay=weight_decay, beta=beta, beta_a=beta_a, schedule=schedule) for lr in lrs]
+    if "sgd-nesterov" in baselines:
+        configs += [OptimizerConfig.torch_sgd_nesterov(lr, momentum=beta, weight_decay=sgd_weight_decay, schedule=schedule) for lr in sgd_lrs]
+    keys = [c.key() for c in configs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the sweep grid contains duplicate configurations (repeated numerators, gammas or lrs?)")
+    return configs
+
+
+def run_sweep(
+    task: Task,
+    configs: Iterable[OptimizerConfig],
+    seeds: Iterable[int],
+    out: str | Path,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> SweepSummary:
+    """Run every (seed, configuration) pair not yet in ``out``, appending one line per run.
+
+    Seeds are the outer loop, so that a partial sweep already holds complete seeds.
+    """
+    out = Path(out)
+    configs = list(configs)
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    done = completed_keys(out)
+    settings = task.settings_dict()
+    jobs = [(seed, cfg) for seed in seeds for cfg in configs]
+    summary = SweepSummary(path=out)
+    todo = []
+    for seed, cfg in jobs:
+        key = run_key(task.name, settings, cfg.key(), seed)
+        if key in done:
+            summary.skipped.append(key)
+        else:
+            todo.append((key, seed, cfg))
+    if log is not None:
+        log(f"sweep {task.name}: {len(jobs)} runs, {len(summary.skipped)} already in {out}, {len(todo)} to run")
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="sweep", position=0, dynamic_ncols=True)
+    try:
+        for key, seed, cfg in todo:
+            record = run(task, cfg, seed, progress=progress, desc=f"seed {seed} {cfg.display}", position=1 if bar else None)
+            append_result(out, record)
+            summary.ran.append(key)
+            if record["status"] != "ok":
+                summary.diverged.append(key)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"last: {cfg.display} seed {seed} val_loss {record['final'].get('val_loss', float('nan')):.4g}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return summary
