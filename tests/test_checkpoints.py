@@ -123,18 +123,9 @@ def test_resume_on_the_other_path(saved_with, resumed_with):
     assert max_rel_diff(twin, ref) <= 1e-12
 
 
-LOW_PRECISION_STATE = pytest.mark.xfail(
-    strict=True,
-    reason="torch.optim.Optimizer.load_state_dict casts every state tensor but 'step' to the parameter's "
-    "dtype: the float32 state of a bfloat16/float16 parameter comes back in bfloat16/float16 and the "
-    "next step fails (lerp_ dtype mismatch); AutoSGM.load_state_dict must keep the float32 state dtype",
-)
-
-
 @pytest.mark.parametrize(
     "dtype",
-    [torch.float32, pytest.param(torch.bfloat16, marks=LOW_PRECISION_STATE),
-     pytest.param(torch.float16, marks=LOW_PRECISION_STATE)],
+    [torch.float32, torch.bfloat16, torch.float16],
     ids=["f32", "bf16", "f16"],
 )  # fmt: skip
 def test_resume_is_exact_in_low_precision(dtype):

@@ -136,11 +136,6 @@ def test_float16_stays_finite_for_every_representable_gradient(scale, foreach):
         assert all(p.dtype == torch.float16 for p in params)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the filter buffer s = v - (eta*gamma/beta) g overflows for a tiny positive pole beta with "
-    "gamma != 0 (division by beta in the transposed direct form), although v itself is small",
-)
 @PATHS
 @pytest.mark.parametrize(
     "dtype, beta, scale",
@@ -249,11 +244,6 @@ def test_raise_names_the_group_and_leaves_it_untouched(name, bad, foreach):
     assert _same(_snapshot(params, opt), before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nonfinite='raise' is checked group by group inside step(): groups before the bad one have "
-    "already stepped (parameters, buffers and step counts) when FloatingPointError is raised",
-)
 @PATHS
 def test_raise_leaves_every_group_untouched(foreach):
     params, opt = _two_groups("raise", foreach, "adam")

@@ -12,6 +12,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from . import pipeline as P
+from .fused import FusedLayout, fused_step, pack_scalars
 from .config import SEED_KEYS, AutoSGMConfig, check_lr, numerator_name, parse_seed_tuples
 from .windows import Window
 
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, Any] = OrderedDict(
     maximize=False,
     nonfinite="proceed",
     foreach=None,
+    fused=None,
 )
 _CONFIG_KEYS = tuple(k for k in DEFAULTS if k not in ("lr", "foreach", "fused"))
 
@@ -114,7 +116,12 @@ class AutoSGM(Optimizer):
             no check, no cost), ``"skip"`` (leave the group's parameters and state untouched for this
             step, counted in :attr:`skipped_steps`) or ``"raise"`` (:class:`FloatingPointError`).
             Checking costs one host synchronisation per group and step.
-        foreach: use the multi-tensor path; None picks it on CUDA (torch's rule).
+        foreach: use the multi-tensor path (``torch._foreach_*`` over tensors grouped by device,
+            dtype and step count); None picks it when every parameter is on CUDA (torch's rule).
+        fused: use the fused path: each tensor's whole step is one kernel, compiled once per
+            configuration by ``torch.compile`` (dynamic shapes; lr, window and step count enter
+            as 0-d tensors, so they never cause a recompilation). None means False. Not together
+            with ``foreach=True``.
         lr_cfg, beta_cfg, rc_cfg, wd_cfg, eps_cfg: the seed's tuples (see :func:`~autosgm.config.parse_seed_tuples`);
             giving a tuple and a keyword for the same setting is an error.
     """
@@ -140,6 +147,7 @@ class AutoSGM(Optimizer):
         maximize: bool = _Default(False),  # type: ignore[assignment]
         nonfinite: str = _Default("proceed"),  # type: ignore[assignment]
         foreach: bool | None = None,
+        fused: bool | None = None,
         lr_cfg: tuple | None = None,
         beta_cfg: tuple | None = None,
         rc_cfg: tuple | None = None,
@@ -158,6 +166,8 @@ class AutoSGM(Optimizer):
         defaults = dict(DEFAULTS)
         defaults.update(_merge_seed(explicit, seed))
         defaults["foreach"] = foreach
+        defaults["fused"] = fused
+        _check_paths(defaults)
         if isinstance(defaults["window"], Window):
             defaults["window"] = defaults["window"].to_dict()
         self._cfg_cache: dict[int, tuple[tuple, AutoSGMConfig]] = {}
@@ -229,6 +239,7 @@ class AutoSGM(Optimizer):
             group["window"] = group["window"].to_dict()
         super().add_param_group(group)
         group = self.param_groups[-1]
+        _check_paths(group)
         if "numerator" in group:
             group["numerator"] = numerator_name(group["numerator"])
         self.group_config(group)
@@ -276,23 +287,41 @@ class AutoSGM(Optimizer):
     # the step
     # ------------------------------------------------------------------------------------------
     def _init_state(self, p: Tensor, w: Tensor, cfg: AutoSGMConfig) -> dict[str, Any]:
+        """Create ``p``'s state on first use: only the buffers the configuration needs.
+
+        ``step`` is a 0-d float32 tensor on the CPU (as torch.optim keeps it). The buffers have
+        :func:`~autosgm.pipeline.state_dtype` (float32 for float16/bfloat16 parameters).
+        """
         state = self.state[p]
         if len(state) == 0:
+            dtype = P.state_dtype(w.dtype)
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             if cfg.has_filter_state:
-                state["filter_state"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                state["filter_state"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
             if cfg.normalize:
-                state["moment"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                state["moment"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
             per_tensor = cfg.numerator_mode == "tensor"
             names = P.NUMERATOR_BUFFERS[cfg.numerator]
             if per_tensor and cfg.numerator != "unity":
                 names = names + ("num_a",)
             for name in names:
                 if per_tensor and name in P.PER_TENSOR_STATS:
-                    state[name] = torch.zeros((), dtype=w.dtype, device=w.device)
+                    state[name] = torch.zeros((), dtype=dtype, device=w.device)
                 else:
-                    state[name] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                    state[name] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
         return state
+
+    def _path(self, group: dict[str, Any], params: list[Tensor]) -> str:
+        """The path of this group's step: ``"single"`` (reference), ``"foreach"`` or ``"fused"``."""
+        if self._trajectory_hooks:
+            return "single"
+        _check_paths(group)
+        if group["fused"]:
+            return "fused"
+        foreach = group["foreach"]
+        if foreach is None:
+            foreach = all(p.is_cuda for p in params)
+        return "foreach" if foreach else "single"
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -302,54 +331,58 @@ class AutoSGM(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         window_values = []
+        configs = [self.group_config(group) for group in self.param_groups]
+        skip = self._nonfinite_groups(configs)
         for gi, group in enumerate(self.param_groups):
-            cfg = self.group_config(group)
-            if cfg.nonfinite != "proceed" and not self._grads_finite(gi, group, cfg):
+            cfg = configs[gi]
+            if gi in skip:
                 window_values.append(self.last_window_values[gi] if gi < len(self.last_window_values) else 1.0)
                 continue
             lr = group["lr"]
             mu = float(lr) if isinstance(lr, Tensor) else lr
-            params, grads, states = [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise TypeError("AutoSGM does not support sparse gradients; use dense gradients")
-                w = torch.view_as_real(p) if torch.is_complex(p) else p
-                g = torch.view_as_real(p.grad) if torch.is_complex(p.grad) else p.grad
-                state = self._init_state(p, w, cfg)
-                state["step"] += 1
-                params.append(w)
-                grads.append(g)
-                states.append(state)
+            params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 window_values.append(self.last_window_values[len(window_values)]
                                      if len(self.last_window_values) > len(window_values) else 1.0)  # fmt: skip
                 continue
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = all(w.is_cuda for w in params)
-            if foreach and not self._trajectory_hooks:
-                F = _multi_tensor_step(params, grads, states, cfg, mu)
-            else:
+            if any(p.grad.is_sparse for p in params):
+                raise TypeError("AutoSGM does not support sparse gradients; use dense gradients")
+            path = self._path(group, params)
+            if path == "single":
+                self.__dict__.get("_path_caches", {}).pop(gi, None)  # its step counts may now differ
                 F = 1.0
-                for w, g, state in zip(params, grads, states):
+                for p in params:
+                    w = torch.view_as_real(p) if torch.is_complex(p) else p
+                    g = torch.view_as_real(p.grad) if torch.is_complex(p.grad) else p.grad
+                    state = self._init_state(p, w, cfg)
+                    state["step"] += 1
                     F = _single_tensor_step(w, g, state, cfg, mu, self._record_fn(group, w))
+            else:
+                F = _multi_tensor_group(self, gi, group, params, cfg, mu, path == "fused")
             window_values.append(F)
         self.last_window_values = window_values
         return loss
 
-    def _grads_finite(self, gi: int, group: dict[str, Any], cfg: AutoSGMConfig) -> bool:
-        """Apply the group's non-finite-gradient policy; False means: skip this group's step."""
-        grads = [p.grad for p in group["params"] if p.grad is not None]
-        if not grads or all(torch.isfinite(g).all() for g in grads):
-            return True
-        if cfg.nonfinite == "raise":
-            raise FloatingPointError(f"non-finite gradient in param group {gi} (nonfinite='raise')")
-        while len(self.skipped_steps) <= gi:
-            self.skipped_steps.append(0)
-        self.skipped_steps[gi] += 1
-        return False
+    def _nonfinite_groups(self, configs: list[AutoSGMConfig]) -> set[int]:
+        """Apply the groups' non-finite-gradient policies before anything is updated.
+
+        Returns the groups to skip (``"skip"``); raises :class:`FloatingPointError` for a
+        ``"raise"`` group, leaving every group untouched. ``"proceed"`` groups are not checked.
+        """
+        bad = []
+        for gi, (group, cfg) in enumerate(zip(self.param_groups, configs)):
+            if cfg.nonfinite == "proceed":
+                continue
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                if cfg.nonfinite == "raise":
+                    raise FloatingPointError(f"non-finite gradient in param group {gi} (nonfinite='raise')")
+                bad.append(gi)
+        for gi in bad:
+            while len(self.skipped_steps) <= gi:
+                self.skipped_steps.append(0)
+            self.skipped_steps[gi] += 1
+        return set(bad)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state; refused when a group's saved settings differ from this optimizer's.
@@ -374,6 +407,28 @@ class AutoSGM(Optimizer):
                         + "); construct the optimizer with the saved settings (state_dict['param_groups'])"
                     )
         super().load_state_dict(state_dict)
+        self._restore_state_dtypes(state_dict)
+
+    def _restore_state_dtypes(self, state_dict: dict[str, Any]) -> None:
+        """Undo torch's cast of loaded state to the parameter dtype (``Optimizer.load_state_dict``
+        casts every floating buffer but ``step``): buffers take :func:`~autosgm.pipeline.state_dtype`
+        (float32 for float16/bfloat16 parameters), copied from the saved values without loss,
+        and ``step`` stays a float32 CPU tensor."""
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(pid)
+            if saved is None or not p.is_floating_point():
+                continue
+            dtype = P.state_dtype(p.dtype)
+            state = self.state[p]
+            for key, value in saved.items():
+                if not isinstance(value, Tensor):
+                    continue
+                if key == "step":
+                    state[key] = value.detach().to(device="cpu", dtype=torch.float32, copy=True)
+                elif value.is_floating_point() and dtype != p.dtype:
+                    state[key] = value.detach().to(device=p.device, dtype=dtype, copy=True)
 
     def _record_fn(self, group: dict[str, Any], param: Tensor):
         if not self._trajectory_hooks:
@@ -387,14 +442,14 @@ class AutoSGM(Optimizer):
 
 
 # ----------------------------------------------------------------------------------------------
-# the two paths: both call the stages of autosgm.pipeline
+# the paths: all three run autosgm.pipeline.tensor_step, with different ops
 # ----------------------------------------------------------------------------------------------
-def _window(cfg: AutoSGMConfig, t: int) -> float:
-    return cfg.window(t) if cfg.window is not None else 1.0
-
-
-def _stage_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in state.items() if k.startswith("num_")}
+def _check_paths(group: dict[str, Any]) -> None:
+    for key in ("foreach", "fused"):
+        if group[key] is not None and not isinstance(group[key], bool):
+            raise TypeError(f"{key} must be True, False or None, got {group[key]!r}")
+    if group["foreach"] and group["fused"]:
+        raise ValueError("foreach=True and fused=True cannot be used together; choose one path")
 
 
 def _single_tensor_step(
@@ -406,26 +461,19 @@ def _single_tensor_step(
     emit: Callable[[StepRecord], None] | None = None,
 ) -> float:
     """The readable reference: one tensor, the stages of :mod:`autosgm.pipeline` in order."""
-    ops = P.TENSOR_OPS
-    t = int(state["step"].item())
-    F = _window(cfg, t)
-    S = cfg.filter_debias(t)
-    s = state.get("filter_state")
-    w_before = w.clone() if emit is not None else None
+    t = int(state["step"])  # a CPU tensor, as torch.optim keeps it: no device synchronisation
+    sc, F = P.step_scalars(cfg, t, mu)
+    if emit is None:
+        P.update_tensor(w, grad, state, cfg, sc)
+        return F
+    w_before = w.clone()
+    records: list[StepRecord] = []
 
-    g = P.gradient_input(ops, grad, w, cfg)  # g ← −g (maximize); g ← g + ρw (coupled)
-    v = P.lowpass(ops, s, g, cfg)  # v = H{g}
-    d = P.moment(ops, state["moment"], g, cfg, t) if cfg.normalize else None  # d = √m̂ + ε
-    vbar = a = None
-    if cfg.numerator != "unity":
-        vbar = P.normalized_step(ops, v, d, S)  # v̄ = v̂ / d
-        a = P.numerator(ops, _stage_state(state), w, g, vbar, d, cfg)  # a = E[w v̄] ...
-    if emit is not None:
-        record = _make_record(w, grad, v, d, a, cfg, mu, F, S, t)
-    P.apply_update(ops, w, v, d, a, cfg, mu * F, S, vbar)  # w ← w − μ F a (v̄ + ρ_d w)
-    if emit is not None:
-        emit(record._replace(weight=w_before, update=w - w_before))
-    P.lowpass_finish(ops, s, g, cfg)
+    def record(v, d, a) -> None:
+        records.append(_make_record(w, grad, v, d, a, cfg, mu, F, sc.debias, t))
+
+    P.update_tensor(w, grad, state, cfg, sc, record)
+    emit(records[0]._replace(weight=w_before, update=w - w_before))
     return F
 
 
@@ -444,38 +492,120 @@ def _make_record(w, grad, v, d, a, cfg, mu, F, S, t) -> StepRecord:
     )  # fmt: skip
 
 
-def _multi_tensor_step(
-    params: list[Tensor],
-    grads: list[Tensor],
-    states: list[dict[str, Any]],
-    cfg: AutoSGMConfig,
-    mu: float,
-) -> float:
-    """The multi-tensor path: the same stages on lists grouped by (device, dtype, step)."""
-    ops = P.FOREACH_OPS
-    buckets: dict[tuple, list[int]] = {}
-    for i, (w, state) in enumerate(zip(params, states)):
-        t = int(state["step"].item())
-        buckets.setdefault((w.device, w.dtype, t), []).append(i)
+class _Bucket:
+    """Tensors of one group sharing (device, dtype, step count), with their state gathered.
+
+    The step counters are packed: each ``state["step"]`` is a 0-d view of ``steps``, so one
+    ``add_`` counts a step for the whole bucket and one read gives ``t``. In the multi-tensor
+    path the per-tensor statistics (``numerator_mode="tensor"``) are packed the same way.
+    """
+
+    __slots__ = ("index", "params", "complex", "steps", "chunks", "layout", "dtype")
+
+    def __init__(self, index, params, states, cfg: AutoSGMConfig, fused: bool) -> None:
+        self.index = index  # positions in the group's list of parameters with gradients (None: all)
+        self.params = params
+        self.complex = torch.is_complex(params[0])
+        self.dtype = P.state_dtype(torch.view_as_real(params[0]).dtype if self.complex else params[0].dtype)
+        self.steps = pack_scalars(states, "step")
+        names = [k for k in states[0] if k != "step"]
+        per_tensor = {k for k in names if cfg.numerator_mode == "tensor" and k in P.PER_TENSOR_STATS}
+        self.chunks = self.layout = None
+        if fused:
+            self.layout = FusedLayout(params, states, per_tensor, self.dtype)
+            return
+        buffers = {k: pack_scalars(states, k) if k in per_tensor else [st[k] for st in states] for k in names}
+        # the stage chain runs on a few tensors at a time, so that its temporaries stay in cache
+        self.chunks = []
+        for sl in _slices_by_size([p.numel() for p in params], FOREACH_CHUNK):
+            self.chunks.append((sl, {k: v[sl] for k, v in buffers.items()}))
+
+
+#: Elements per sub-list of the multi-tensor path (a larger tensor forms a sub-list of its own).
+FOREACH_CHUNK = 1 << 18
+
+
+def _slices_by_size(sizes: list[int], limit: int) -> list[slice]:
+    """Consecutive slices of ``sizes`` whose sums stay within ``limit`` (or hold one item)."""
+    out, start, total = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > start and total + n > limit:
+            out.append(slice(start, i))
+            start, total = i, 0
+        total += n
+    out.append(slice(start, len(sizes)))
+    return out
+
+
+class _GroupCache:
+    """What a group's multi-tensor step reuses while its parameters with gradients stay the same.
+
+    Rebuilt when that set, the group's settings or path, or the optimizer's state object
+    (``load_state_dict``) change, and after a reference-path step; state tensors replaced by hand
+    in ``optimizer.state`` are not noticed.
+    """
+
+    __slots__ = ("key", "group", "state", "cfg", "fused", "buckets")
+
+
+def _group_cache(opt: "AutoSGM", gi: int, group: dict[str, Any], params: list[Tensor],
+                 cfg: AutoSGMConfig, fused: bool) -> _GroupCache:  # fmt: skip
+    """The group's buckets, rebuilt when the set of parameters with gradients, the settings,
+    the path or the optimizer's state object (``load_state_dict``) changed."""
+    caches: dict[int, _GroupCache] = opt.__dict__.setdefault("_path_caches", {})
+    key = tuple(map(id, params))
+    cache = caches.get(gi)
+    if (cache is not None and cache.key == key and cache.group is group and cache.state is opt.state
+            and cache.cfg is cfg and cache.fused == fused):  # fmt: skip
+        return cache
+    cache = _GroupCache()
+    cache.key, cache.group, cache.state, cache.cfg, cache.fused = key, group, opt.state, cfg, fused
+    by_kind: dict[tuple, list[int]] = {}
+    states = []
+    for i, p in enumerate(params):
+        state = opt._init_state(p, torch.view_as_real(p) if torch.is_complex(p) else p, cfg)
+        states.append(state)
+        by_kind.setdefault((p.device, p.dtype, float(state["step"])), []).append(i)
+    cache.buckets = [
+        _Bucket(None if len(by_kind) == 1 else index, [params[i] for i in index],
+                [states[i] for i in index], cfg, fused)
+        for index in by_kind.values()
+    ]  # fmt: skip
+    caches[gi] = cache
+    return cache
+
+
+def _multi_tensor_group(opt: "AutoSGM", gi: int, group: dict[str, Any], params: list[Tensor],
+                        cfg: AutoSGMConfig, mu: float, fused: bool) -> float:  # fmt: skip
+    """The multi-tensor and fused paths: per bucket, count the step, then run the stages."""
+    cache = _group_cache(opt, gi, group, params, cfg, fused)
+    grads = [p.grad for p in params]
     F = 1.0
-    for (_, _, t), idx in buckets.items():
-        ws = [params[i] for i in idx]
-        gs = [grads[i] for i in idx]
-        sts = [states[i] for i in idx]
-        F = _window(cfg, t)
-        S = cfg.filter_debias(t)
-        s = [st["filter_state"] for st in sts] if cfg.has_filter_state else None
-        g = P.gradient_input(ops, gs, ws, cfg)
-        v = P.lowpass(ops, s, g, cfg)
-        d = P.moment(ops, [st["moment"] for st in sts], g, cfg, t) if cfg.normalize else None
-        vbar = a = None
-        if cfg.numerator != "unity":
-            vbar = P.normalized_step(ops, v, d, S)
-            stage = {k: [st[k] for st in sts] for k in _stage_state(sts[0])}
-            a = P.numerator(ops, stage, ws, g, vbar, d, cfg)
-        P.apply_update(ops, ws, v, d, a, cfg, mu * F, S, vbar)
-        P.lowpass_finish(ops, s, g, cfg)
+    for b in cache.buckets:
+        ws = b.params
+        gs = grads if b.index is None else [grads[i] for i in b.index]
+        if b.complex:
+            ws = [torch.view_as_real(w) for w in ws]
+            gs = [torch.view_as_real(g) for g in gs]
+        b.steps.add_(1.0)
+        sc, F = P.step_scalars(cfg, int(b.steps[0]), mu)
+        if fused:
+            fused_step(b.layout, ws, gs, cfg, sc)
+        else:
+            _foreach_bucket(b, ws, gs, cfg, sc)
     return F
+
+
+def _foreach_bucket(b: _Bucket, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGMConfig,
+                    sc: P.StepScalars) -> None:  # fmt: skip
+    """``tensor_step`` on the lists (float16/bfloat16: in float32, rounded once into the params)."""
+    for sl, buffers in b.chunks:
+        if b.dtype == ws[0].dtype:
+            P.tensor_step(P.FOREACH_OPS, ws[sl], gs[sl], buffers, cfg, sc)
+        else:
+            cw = [w.to(b.dtype) for w in ws[sl]]
+            P.tensor_step(P.FOREACH_OPS, cw, [g.to(b.dtype) for g in gs[sl]], buffers, cfg, sc)
+            torch._foreach_copy_(ws[sl], cw)
 
 
 def _freeze(value: Any) -> Any:

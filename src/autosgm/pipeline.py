@@ -4,16 +4,29 @@ r"""The AutoSGM step as named stages, written once for one tensor or a list of t
                  │                                      ├─► [numerator a] ─► [step: Δ = −μ F a (v̂/d + ρ_d w)]
                  └──────► [moment estimate d] ─────────┘
 
-Each stage takes an ``ops`` object: :data:`TENSOR_OPS` runs it on one tensor (the readable
-reference path), :data:`FOREACH_OPS` on a list of tensors with ``torch._foreach_*`` kernels (the
-multi-tensor path). The math therefore has a single definition. Scalars (``μ``, ``F``, the debias
-factors) are Python floats shared by every tensor a call sees; the multi-tensor path groups
-tensors whose step counts agree so that this holds.
+:func:`tensor_step` runs the stages in order. Each stage takes an ``ops`` object that supplies the
+element-wise primitives:
+
+* :data:`TENSOR_OPS`: one tensor (the readable reference path);
+* :data:`FOREACH_OPS`: a list of tensors, with ``torch._foreach_*`` kernels (the multi-tensor path);
+* :data:`FUSED_OPS`: one tensor inside ``torch.compile`` (the fused path), where the per-step
+  scalars are 0-d tensors so that a new learning rate, window value or step count is new data,
+  not a new program; :class:`PackedOps` does the same on a workspace that concatenates several
+  small tensors (per-tensor quantities become :class:`PerTensor` vectors).
+
+The math therefore has a single definition. The per-step scalars (``μF``, the debias factors) are
+shared by every tensor a call sees: the multi-tensor path groups tensors whose step counts agree.
+
+A *per-tensor* quantity (one value per tensor: the smoothed numerator, the prefilter statistics
+in ``numerator_mode="tensor"``) is a 0-d tensor for :data:`TENSOR_OPS`/:data:`FUSED_OPS` and one
+1-D tensor with an entry per list element for :data:`FOREACH_OPS` (the multi-tensor path packs
+the per-tensor state into one vector per bucket, so such a quantity costs one kernel, not one per
+tensor).
 
 State buffers (per parameter, created only when the configuration needs them):
 
 =================  ==============================================================================
-``filter_state``   ŝ[t] = v[t] − (ηγ/β) g[t] (= torch's ``momentum_buffer``/``exp_avg`` when γ = 0)
+``filter_state``   γ = 0: v[t] (torch's ``momentum_buffer``/``exp_avg``); γ ≠ 0: s[t] = β v[t] − ηγ g[t]
 ``moment``         m[t] = β_a m[t−1] + (1 − β_a)(g[t]² [+ ε²])
 ``num_c``          numerator accumulator (partial correlation) or EMA of ḡ² (``corr``)
 ``num_w2``         E[w²], normalized EMA with pole β_n (cap of codes 2-4)
@@ -21,12 +34,18 @@ State buffers (per parameter, created only when the configuration needs them):
 ``num_xmean``      E[x] and ``num_xvar`` Var[x] (Chebyshev prefilter), pole β_a
 ``num_a``          per-tensor numerator after the short smoothing filter (pole 0.1), 0-d
 =================  ==============================================================================
+
+State dtype (:func:`state_dtype`): the parameter's dtype, except float16/bfloat16 parameters,
+whose state is float32 and whose step is computed in float32 (the result is rounded into the
+parameter once). A float16/bfloat16 state would not work: with β_a = 0.999 the moment's pole
+itself rounds to 1 in bfloat16 (8 significant bits), so the estimate would never decay, and
+increments below 2⁻⁸ of the state are lost.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence, Union
+from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -36,9 +55,19 @@ from .config import AutoSGMConfig
 __all__ = [
     "TENSOR_OPS",
     "FOREACH_OPS",
+    "FUSED_OPS",
+    "PackedOps",
+    "PerTensor",
     "NUMERATOR_BUFFERS",
+    "PER_TENSOR_STATS",
     "ROBUST_K",
     "SHORT_POLE",
+    "StepScalars",
+    "step_scalars",
+    "state_dtype",
+    "host_values",
+    "tensor_step",
+    "update_tensor",
     "gradient_input",
     "lowpass",
     "lowpass_finish",
@@ -68,7 +97,48 @@ NUMERATOR_BUFFERS: dict[str, tuple[str, ...]] = {
 #: Buffers that are 0-d (one value per tensor) in per-tensor mode.
 PER_TENSOR_STATS = frozenset({"num_absx", "num_xmean", "num_xvar", "num_a"})
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the state (and of the step's arithmetic) for a parameter of ``dtype``."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def host_values(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A tensor of host numbers on ``device``, without waiting for the device (pinned, async copy)."""
+    out = torch.tensor(values, dtype=dtype)
+    if device.type == "cpu":
+        return out
+    return out.pin_memory().to(device, non_blocking=True)
+
+
+class StepScalars(NamedTuple):
+    """The scalars of one step at count ``t``: Python floats, or 0-d tensors in the fused path.
+
+    The last three are derived from the first three on the host, once per step, so that a
+    compiled kernel does not divide by them for every element.
+    """
+
+    scale: Any  #: μ F[t]
+    debias: Any  #: S[t], the filter's unit-step response (1 without debias)
+    root_moment_debias: Any  #: sqrt(1 − β_a^t) (1 without debias)
+    step_size: Any  #: μ F[t] / S[t]
+    inv_root: Any  #: 1 / sqrt(1 − β_a^t)
+    denom_scale: Any  #: S[t] / sqrt(1 − β_a^t)
+
+
+def step_scalars(cfg: AutoSGMConfig, t: int, mu: float) -> tuple[StepScalars, float]:
+    """The step's scalars at count ``t`` with ``μ = mu``, and the window value ``F[t]``."""
+    F = cfg.window(t) if cfg.window is not None else 1.0
+    root = math.sqrt(cfg.moment_debias(t)) if cfg.debias else 1.0
+    scale, S = mu * F, cfg.filter_debias(t)
+    return StepScalars(scale, S, root, scale / S, 1.0 / root, S / root), F
+
+
+# ----------------------------------------------------------------------------------------------
+# primitives
+# ----------------------------------------------------------------------------------------------
 class _TensorOps:
     """Stage primitives on a single tensor (scalars are Python floats or 0-d tensors)."""
 
@@ -77,6 +147,10 @@ class _TensorOps:
     @staticmethod
     def neg(x: Tensor) -> Tensor:
         return torch.neg(x)
+
+    @staticmethod
+    def neg_(x: Tensor) -> None:
+        x.neg_()
 
     @staticmethod
     def add(x: Tensor, y: Any, alpha: float = 1.0) -> Tensor:
@@ -103,7 +177,7 @@ class _TensorOps:
         return torch.div(x, y)
 
     @staticmethod
-    def div_(x: Tensor, y: Any) -> None:
+    def div_(x: Tensor, y: Any, reciprocal: Any = None) -> None:
         x.div_(y)
 
     @staticmethod
@@ -127,20 +201,16 @@ class _TensorOps:
         return torch.sqrt(x)
 
     @staticmethod
-    def sqrt_(x: Tensor) -> None:
-        x.sqrt_()
-
-    @staticmethod
     def abs(x: Tensor) -> Tensor:
         return torch.abs(x)
 
     @staticmethod
-    def abs_(x: Tensor) -> None:
-        x.abs_()
-
-    @staticmethod
     def sign(x: Tensor) -> Tensor:
         return torch.sign(x)
+
+    @staticmethod
+    def minimum(x: Tensor, y: float) -> Tensor:
+        return torch.clamp_max(x, y)
 
     @staticmethod
     def minimum_(x: Tensor, y: Any) -> None:
@@ -156,13 +226,30 @@ class _TensorOps:
         return x.mean() if x.numel() else x.new_zeros(())
 
     @staticmethod
-    def scalar(x: Tensor, value: Any) -> Any:
-        """A per-tensor quantity in the form ``x``'s stage arithmetic accepts."""
-        return value
+    def mean_abs(x: Tensor) -> Tensor:
+        """Per-tensor mean of ``|x|`` as a 0-d tensor (0 for an empty tensor), summed in float64."""
+        total = torch.linalg.vector_norm(x, 1, dtype=torch.float64)
+        return total.mul_(1.0 / max(x.numel(), 1)).to(x.dtype)
+
+    @staticmethod
+    def mean_sq(x: Tensor) -> Tensor:
+        """Per-tensor mean of ``x²`` as a 0-d tensor (0 for an empty tensor), summed in float64."""
+        total = torch.linalg.vector_norm(x, 2, dtype=torch.float64).square_()
+        return total.mul_(1.0 / max(x.numel(), 1)).to(x.dtype)
+
+
+def _each(y: Any) -> Any:
+    """A packed per-tensor vector as one 0-d view per tensor (other operands unchanged)."""
+    return y.unbind(0) if isinstance(y, Tensor) else y
 
 
 class _ForeachOps:
-    """Stage primitives on lists of tensors, with ``torch._foreach_*`` kernels."""
+    """Stage primitives on lists of tensors, with ``torch._foreach_*`` kernels.
+
+    An operand that is a single 1-D tensor is a packed per-tensor quantity (entry ``i`` belongs
+    to list element ``i``): it is broadcast over the list's tensors, and arithmetic among packed
+    quantities is one ordinary tensor kernel.
+    """
 
     many = True
 
@@ -171,41 +258,56 @@ class _ForeachOps:
         return torch._foreach_neg(x)
 
     @staticmethod
+    def neg_(x) -> None:
+        x.neg_() if isinstance(x, Tensor) else torch._foreach_neg_(x)
+
+    @staticmethod
     def add(x, y, alpha: float = 1.0):
+        if isinstance(x, Tensor):
+            return torch.add(x, y, alpha=alpha)
         if isinstance(y, (list, tuple)):
             return torch._foreach_add(x, y, alpha=alpha)
-        return torch._foreach_add(x, y)
+        return torch._foreach_add(x, _each(y))
 
     @staticmethod
     def add_(x, y, alpha: float = 1.0) -> None:
-        if isinstance(y, (list, tuple)):
+        if isinstance(x, Tensor):
+            x.add_(y, alpha=alpha)
+        elif isinstance(y, (list, tuple)):
             torch._foreach_add_(x, y, alpha=alpha)
         else:
-            torch._foreach_add_(x, y)
+            torch._foreach_add_(x, _each(y))
 
     @staticmethod
     def sub(x, y):
-        return torch._foreach_sub(x, y)
+        if isinstance(x, Tensor):
+            return torch.sub(x, y)
+        return torch._foreach_sub(x, _each(y))
 
     @staticmethod
     def mul(x, y):
-        return torch._foreach_mul(x, y)
+        if isinstance(x, Tensor):
+            return torch.mul(x, y)
+        return torch._foreach_mul(x, _each(y))
 
     @staticmethod
     def mul_(x, y) -> None:
-        torch._foreach_mul_(x, y)
+        if isinstance(x, Tensor):
+            x.mul_(y)
+        else:
+            torch._foreach_mul_(x, _each(y))
 
     @staticmethod
     def div(x, y):
-        return torch._foreach_div(x, y)
+        return torch._foreach_div(x, _each(y))
 
     @staticmethod
-    def div_(x, y) -> None:
-        torch._foreach_div_(x, y)
+    def div_(x, y, reciprocal: Any = None) -> None:
+        torch._foreach_div_(x, _each(y))
 
     @staticmethod
     def addcmul_(x, a, b, value: float) -> None:
-        torch._foreach_addcmul_(x, a, b, value=value)
+        torch._foreach_addcmul_(x, a, _each(b), value=value)
 
     @staticmethod
     def addcdiv_(x, a, b, value: float) -> None:
@@ -213,7 +315,10 @@ class _ForeachOps:
 
     @staticmethod
     def lerp_(x, y, weight: float) -> None:
-        torch._foreach_lerp_(x, y, weight)
+        if isinstance(x, Tensor):
+            x.lerp_(y, weight)
+        else:
+            torch._foreach_lerp_(x, y, weight)
 
     @staticmethod
     def copy_(x, y) -> None:
@@ -221,49 +326,259 @@ class _ForeachOps:
 
     @staticmethod
     def sqrt(x):
+        if isinstance(x, Tensor):
+            return torch.sqrt(x)
         return torch._foreach_sqrt(x)
-
-    @staticmethod
-    def sqrt_(x) -> None:
-        torch._foreach_sqrt_(x)
 
     @staticmethod
     def abs(x):
         return torch._foreach_abs(x)
 
     @staticmethod
-    def abs_(x) -> None:
-        torch._foreach_abs_(x)
-
-    @staticmethod
     def sign(x):
         return torch._foreach_sign(x)
 
     @staticmethod
+    def minimum(x, y: float):
+        return torch._foreach_clamp_max(x, y)
+
+    @staticmethod
     def minimum_(x, y) -> None:
-        if isinstance(y, (list, tuple)):
-            torch._foreach_minimum_(x, y)
+        if isinstance(y, (list, tuple, Tensor)):
+            torch._foreach_minimum_(x, _each(y))
         else:
             torch._foreach_clamp_max_(x, y)
 
     @staticmethod
     def maximum_(x, y) -> None:
-        if isinstance(y, (list, tuple)):
-            torch._foreach_maximum_(x, y)
+        if isinstance(y, (list, tuple, Tensor)):
+            torch._foreach_maximum_(x, _each(y))
         else:
             torch._foreach_clamp_min_(x, y)
 
     @staticmethod
-    def mean(x):
-        return [t.mean() if t.numel() else t.new_zeros(()) for t in x]
+    def mean(x) -> Tensor:
+        """Per-tensor means, packed (one Python-level call per tensor: only ``E[x]`` needs it)."""
+        return torch.stack([t.mean() if t.numel() else t.new_zeros(()) for t in x])
 
     @staticmethod
-    def scalar(x, value):
-        return value
+    def _inv_numel(x) -> Tensor:
+        return host_values([1.0 / max(t.numel(), 1) for t in x], torch.float64, x[0].device)
+
+    @classmethod
+    def mean_abs(cls, x) -> Tensor:
+        """Per-tensor means of ``|x|``, packed, from one ``_foreach_norm`` call (float64 sums)."""
+        total = torch.stack(torch._foreach_norm(x, 1, dtype=torch.float64))
+        return total.mul_(cls._inv_numel(x)).to(x[0].dtype)
+
+    @classmethod
+    def mean_sq(cls, x) -> Tensor:
+        """Per-tensor means of ``x²``, packed, from one ``_foreach_norm`` call (float64 sums)."""
+        total = torch.stack(torch._foreach_norm(x, 2, dtype=torch.float64)).square_()
+        return total.mul_(cls._inv_numel(x)).to(x[0].dtype)
+
+
+class _FusedOps(_TensorOps):
+    """Stage primitives on one tensor inside ``torch.compile``; any scalar may be a 0-d tensor.
+
+    Inductor fuses the whole chain into one loop over the tensor, so these are written as plain
+    arithmetic (``x += y * alpha`` instead of ``add_(y, alpha=alpha)``, which needs a number).
+    """
+
+    @staticmethod
+    def add(x: Tensor, y: Any, alpha: Any = 1.0) -> Tensor:
+        return x + y * alpha
+
+    @staticmethod
+    def add_(x: Tensor, y: Any, alpha: Any = 1.0) -> None:
+        x.add_(y * alpha)
+
+    @staticmethod
+    def div_(x: Tensor, y: Any, reciprocal: Any = None) -> None:
+        # by a step scalar: multiply by its reciprocal, computed once on the host (a division per
+        # element is several times slower than a product)
+        x.div_(y) if reciprocal is None else x.mul_(reciprocal)
+
+    @staticmethod
+    def addcmul_(x: Tensor, a: Tensor, b: Tensor, value: Any) -> None:
+        x.add_(a * b * value)
+
+    @staticmethod
+    def addcdiv_(x: Tensor, a: Tensor, b: Tensor, value: Any) -> None:
+        x.add_(a / b * value)
+
+    @staticmethod
+    def minimum_(x: Tensor, y: Any) -> None:
+        x.copy_(torch.minimum(x, y) if isinstance(y, Tensor) else torch.clamp_max(x, y))
+
+    @staticmethod
+    def maximum_(x: Tensor, y: Any) -> None:
+        x.copy_(torch.maximum(x, y) if isinstance(y, Tensor) else torch.clamp_min(x, y))
+
+    # Means accumulate in float64: a compiled reduction sums sequentially (no cascade), which in
+    # float32 loses ~n·2⁻²⁴ of the result over n elements.
+    @staticmethod
+    def mean(x: Tensor) -> Tensor:
+        return (x.sum(dtype=torch.float64) / x.numel()).to(x.dtype)
+
+    @staticmethod
+    def mean_abs(x: Tensor) -> Tensor:
+        return (x.abs().sum(dtype=torch.float64) / x.numel()).to(x.dtype)
+
+    @staticmethod
+    def mean_sq(x: Tensor) -> Tensor:
+        return ((x * x).sum(dtype=torch.float64) / x.numel()).to(x.dtype)
+
+
+class PerTensor(NamedTuple):
+    """A per-tensor quantity in a packed workspace: entry ``i`` belongs to the ``i``-th tensor."""
+
+    v: Tensor
+
+
+def _v(y: Any) -> Any:
+    return y.v if isinstance(y, PerTensor) else y
+
+
+class PackedOps(_FusedOps):
+    """:data:`FUSED_OPS` on a packed workspace: the elements of several tensors concatenated.
+
+    ``seg`` gives each element's tensor index and ``inv_count`` is ``1 / max(numel, 1)`` per
+    tensor; a per-tensor quantity is a :class:`PerTensor` (one entry per tensor) and is broadcast
+    to the elements by indexing with ``seg``. Means are segment sums (``index_add``).
+    """
+
+    def __init__(self, seg: Tensor, inv_count: Tensor) -> None:
+        self.seg = seg
+        self.inv_count = inv_count
+
+    def _e(self, y: Any) -> Any:
+        return y.v[self.seg] if isinstance(y, PerTensor) else y
+
+    def _mean(self, x: Tensor) -> PerTensor:
+        total = torch.zeros_like(self.inv_count, dtype=torch.float64).index_add_(0, self.seg, x.double())
+        return PerTensor((total * self.inv_count).to(x.dtype))
+
+    def mean(self, x):
+        return self._mean(x)
+
+    def mean_abs(self, x):
+        return self._mean(x.abs())
+
+    def mean_sq(self, x):
+        return self._mean(x * x)
+
+    def add(self, x, y, alpha=1.0):
+        if isinstance(x, PerTensor):
+            return PerTensor(x.v + _v(y) * alpha)
+        return x + self._e(y) * alpha
+
+    def add_(self, x, y, alpha=1.0) -> None:
+        if isinstance(x, PerTensor):
+            x.v.add_(_v(y) * alpha)
+        else:
+            x.add_(self._e(y) * alpha)
+
+    def sub(self, x, y):
+        if isinstance(x, PerTensor):
+            return PerTensor(x.v - _v(y))
+        return x - self._e(y)
+
+    def mul(self, x, y):
+        if isinstance(x, PerTensor):
+            return PerTensor(x.v * _v(y))
+        return x * self._e(y)
+
+    def mul_(self, x, y) -> None:
+        if isinstance(x, PerTensor):
+            x.v.mul_(_v(y))
+        else:
+            x.mul_(self._e(y))
+
+    def neg_(self, x) -> None:
+        _v(x).neg_()
+
+    def sqrt(self, x):
+        return PerTensor(x.v.sqrt()) if isinstance(x, PerTensor) else torch.sqrt(x)
+
+    def lerp_(self, x, y, weight) -> None:
+        if isinstance(x, PerTensor):
+            x.v.lerp_(_v(y), weight)
+        else:
+            x.lerp_(self._e(y), weight)
+
+    def minimum_(self, x, y) -> None:
+        super().minimum_(x, self._e(y))
+
+    def maximum_(self, x, y) -> None:
+        super().maximum_(x, self._e(y))
+
+    def addcmul_(self, x, a, b, value) -> None:
+        x.add_(a * self._e(b) * value)
 
 
 TENSOR_OPS = _TensorOps()
 FOREACH_OPS = _ForeachOps()
+FUSED_OPS = _FusedOps()
+
+
+# ----------------------------------------------------------------------------------------------
+# the step: the stages in order
+# ----------------------------------------------------------------------------------------------
+def tensor_step(
+    ops,
+    w: TensorLike,
+    grad: TensorLike,
+    state: dict[str, Any],
+    cfg: AutoSGMConfig,
+    sc: StepScalars,
+    record: Callable[..., None] | None = None,
+) -> None:
+    """One AutoSGM step of ``w`` (a tensor, or a list for :data:`FOREACH_OPS`), in place.
+
+    ``state`` maps buffer names to the buffer (or list, or packed vector) of ``w``; ``sc`` holds
+    the step's scalars. ``record(v, d, a)``, if given, sees the filter output, the denominator and
+    the numerator before the parameter moves (the reference path's trajectory hooks).
+    """
+    s = state.get("filter_state")
+    g = gradient_input(ops, grad, w, cfg)  # g ← −g (maximize); g ← g + ρw (coupled)
+    v = lowpass(ops, s, g, cfg)  # v = H{g}
+    if cfg.numerator == "unity":
+        d = moment(ops, state["moment"], g, cfg, sc) if cfg.normalize else None  # d = √m̂ + ε
+        if record is not None:
+            record(v, d, None)
+        apply_update(ops, w, v, d, None, cfg, sc)  # w ← w − (μF/S) v/d
+    else:
+        # the numerator needs v̂/d = v/(S d): fold S into the denominator, d̃ = S d
+        d = moment(ops, state["moment"], g, cfg, sc, scaled=True)
+        vbar = ops.div(v, d)  # v̄ = v̂ / d
+        S = sc.debias if cfg.debias else 1.0
+        a = numerator(ops, state, w, g, vbar, d, cfg, S)  # a ≈ E[w v̄] ...
+        if record is not None:
+            record(v, ops.div(d, S) if cfg.debias else d, a)
+        apply_update(ops, w, v, None, a, cfg, sc, vbar)  # w ← w − μF a (v̄ + ρ_d w)
+    lowpass_finish(ops, s, g, cfg)
+
+
+def update_tensor(
+    w: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    cfg: AutoSGMConfig,
+    sc: StepScalars,
+    record: Callable[..., None] | None = None,
+) -> None:
+    """:func:`tensor_step` on one tensor with :data:`TENSOR_OPS` (the reference path).
+
+    A float16/bfloat16 parameter is stepped in float32 (its state's dtype) and rounded once.
+    """
+    dtype = state_dtype(w.dtype)
+    if dtype == w.dtype:
+        tensor_step(TENSOR_OPS, w, grad, state, cfg, sc, record)
+    else:
+        cw = w.to(dtype)
+        tensor_step(TENSOR_OPS, cw, grad.to(dtype), state, cfg, sc, record)
+        w.copy_(cw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,11 +587,15 @@ FOREACH_OPS = _ForeachOps()
 def gradient_input(ops, g: TensorLike, w: TensorLike, cfg: AutoSGMConfig) -> TensorLike:
     """Filter input: ``g ← −g`` when maximizing, then coupled (L2) decay ``g ← g + ρ w``.
 
-    Weight decay still shrinks the weights when maximizing (as in torch.optim).
+    Weight decay still shrinks the weights when maximizing (as in torch.optim). The caller's
+    gradient is never modified.
     """
+    coupled = cfg.weight_decay != 0.0 and not cfg.decoupled_weight_decay
     if cfg.maximize:
         g = ops.neg(g)
-    if cfg.weight_decay != 0.0 and not cfg.decoupled_weight_decay:
+        if coupled:
+            ops.add_(g, w, alpha=cfg.weight_decay)
+    elif coupled:
         g = ops.add(g, w, alpha=cfg.weight_decay)
     return g
 
@@ -284,15 +603,16 @@ def gradient_input(ops, g: TensorLike, w: TensorLike, cfg: AutoSGMConfig) -> Ten
 def lowpass(ops, s: TensorLike | None, g: TensorLike, cfg: AutoSGMConfig) -> TensorLike:
     """Low-pass filter ``v[t] = β v[t−1] + η (g[t] − γ g[t−1])``, zero initial conditions.
 
-    With one buffer ŝ[t] = v[t] − (ηγ/β) g[t] (a scaled transposed direct form II):
-    ``v[t] = β ŝ[t−1] + η g[t]``, computed in place in ŝ; :func:`lowpass_finish` then subtracts
-    ``(ηγ/β) g[t]`` once ``v`` has been used. For γ = 0 the buffer is ``v`` itself. Returns ``v``
-    (for β > 0 it aliases the buffer: do not modify it).
+    One buffer. For γ = 0 it is ``v`` itself (torch's ``momentum_buffer``/``exp_avg``), updated in
+    place: ``v ← β v + η g`` (a ``lerp`` when η = 1 − β). For γ ≠ 0 it is the transposed direct
+    form II state ``s[t] = β v[t] − ηγ g[t]``: ``v[t] = η g[t] + s[t−1]`` is a new tensor and
+    :func:`lowpass_finish` advances ``s`` once ``v`` has been used. Returns ``v`` (for γ = 0 it
+    aliases the buffer: do not modify it).
     """
     beta, eta = cfg.beta, cfg.eta
     if s is None:  # β = γ = 0: a pure gain
         return g if eta == 1.0 else ops.mul(g, eta)
-    if beta == 0.0:  # FIR (γ < 0 = β): v = η g + s, with s = −ηγ g[t−1]
+    if cfg.gamma != 0.0:
         return ops.add(s, g, alpha=eta)
     if cfg.lerp_filter:
         ops.lerp_(s, g, eta)
@@ -303,20 +623,20 @@ def lowpass(ops, s: TensorLike | None, g: TensorLike, cfg: AutoSGMConfig) -> Ten
 
 
 def lowpass_finish(ops, s: TensorLike | None, g: TensorLike, cfg: AutoSGMConfig) -> None:
-    """Complete the filter's state update after ``v[t]`` was used (only γ ≠ 0 needs it)."""
+    """Advance the γ ≠ 0 state after ``v[t]`` was used: ``s[t] = β s[t−1] + η(β − γ) g[t]``."""
     if s is None or cfg.gamma == 0.0:
         return
-    if cfg.beta == 0.0:
-        ops.copy_(s, g)
-        ops.mul_(s, -cfg.eta * cfg.gamma)
-    else:
-        ops.add_(s, g, alpha=-cfg.eta * cfg.gamma / cfg.beta)
+    ops.mul_(s, cfg.beta)
+    ops.add_(s, g, alpha=cfg.eta * (cfg.beta - cfg.gamma))
 
 
-def moment(ops, m: TensorLike, g: TensorLike, cfg: AutoSGMConfig, t: int) -> TensorLike:
-    """Denominator ``d[t] = sqrt(m[t] / (1 − β_a^t)) + ε`` with ``m[t] = β_a m[t−1] + (1 − β_a) g²``.
+def moment(ops, m: TensorLike, g: TensorLike, cfg: AutoSGMConfig, sc: StepScalars,
+           scaled: bool = False) -> TensorLike:  # fmt: skip
+    """Denominator ``d[t] = sqrt(m[t] / (1 − β_a^t)) + ε``, ``m[t] = β_a m[t−1] + (1 − β_a) g²``.
 
-    ``repeat_eps`` also applies ε inside the estimator (``g² → g² + ε²``). Returns a new ``d``.
+    ``repeat_eps`` also applies ε inside the estimator (``g² → g² + ε²``). Returns a new tensor:
+    ``d`` in torch's Adam order (``sqrt``, ``/ sqrt(1 − β_a^t)``, ``+ ε``), or with ``scaled``
+    ``S[t] · d`` (same number of passes).
     """
     ba = cfg.beta_a
     ops.mul_(m, ba)
@@ -324,9 +644,15 @@ def moment(ops, m: TensorLike, g: TensorLike, cfg: AutoSGMConfig, t: int) -> Ten
     if cfg.repeat_eps:
         ops.add_(m, (1.0 - ba) * cfg.eps * cfg.eps)
     d = ops.sqrt(m)
-    if cfg.debias:
-        ops.div_(d, math.sqrt(cfg.moment_debias(t)))
-    ops.add_(d, cfg.eps)
+    if not scaled:
+        if cfg.debias:
+            ops.div_(d, sc.root_moment_debias, sc.inv_root)
+        ops.add_(d, cfg.eps)
+    elif cfg.debias:
+        ops.mul_(d, sc.denom_scale)
+        ops.add_(d, cfg.eps * sc.debias)
+    else:
+        ops.add_(d, cfg.eps)
     return d
 
 
@@ -343,15 +669,16 @@ def numerator(
     vbar: TensorLike,
     d: TensorLike,
     cfg: AutoSGMConfig,
+    debias: Any = 1.0,
 ) -> Any:
     """Learning-rate numerator ``a[t]`` (spec §4); ``None`` for ``unity`` (a = 1).
 
-    ``x = w · v̄`` with ``v̄ = v̂ / d``. Partial correlation: ``c ← β_n c + x`` and
-    ``a = min(|c|, cap)`` with cap 1 (``parcor-bounded``) or ``1 + E[w²]`` (codes 2-4); the
-    Markov prefilter replaces ``x`` by ``sign(x)·min(|x|, k E|x|)``, the Chebyshev prefilter clips
-    ``x`` to ``E[x] ± k sd(x)`` (k = 4, statistics with pole β_a). ``corr``: ``a = min(E[ḡ²], 1)``,
-    ``ḡ = g/d``. Per-tensor mode returns ``mean(a)`` smoothed by a pole-0.1 filter (one value
-    per tensor); element-wise mode returns ``a`` itself.
+    ``x = w · v̄`` with ``v̄ = v̂ / d``; ``d`` here is ``S·d`` (``S = debias``). Partial
+    correlation: ``c ← β_n c + x`` and ``a = min(|c|, cap)`` with cap 1 (``parcor-bounded``) or
+    ``1 + E[w²]`` (codes 2-4); the Markov prefilter replaces ``x`` by ``sign(x)·min(|x|, k E|x|)``,
+    the Chebyshev prefilter clips ``x`` to ``E[x] ± k sd(x)`` (k = 4, statistics with pole β_a).
+    ``corr``: ``a = min(E[ḡ²], 1)``, ``ḡ = g/d``. Per-tensor mode returns ``mean(a)`` smoothed by
+    a pole-0.1 filter (one value per tensor); element-wise mode returns ``a`` itself.
     ``st`` maps buffer names to the tensor (or list) of that buffer.
     """
     name = cfg.numerator
@@ -359,46 +686,51 @@ def numerator(
         return None
     per_tensor = cfg.numerator_mode == "tensor"
     ba, bn = cfg.beta_a, cfg.beta_n
-    if name == "corr":
+    c = st["num_c"]
+    if name == "corr":  # E[ḡ²] = β_n E + (1 − β_n) (S g / S d)²
         gbar = ops.div(g, d)
-        ops.mul_(gbar, gbar)
-        _ema_(ops, st["num_c"], gbar, bn)
-        a = ops.mul(st["num_c"], 1.0)
-        ops.minimum_(a, 1.0)
-    else:
-        x = ops.mul(w, vbar)
-        if "num_absx" in st:  # Markov: robust mean
-            absx = ops.abs(x)
-            _ema_(ops, st["num_absx"], ops.mean(absx) if per_tensor else absx, ba)
-            cap = ops.mul(st["num_absx"], ROBUST_K)
-            ops.minimum_(absx, cap)
-            x = ops.mul(ops.sign(x), absx)
-        if "num_xmean" in st:  # Chebyshev: clip to mean ± k sd
-            mean, var = st["num_xmean"], st["num_xvar"]
-            _ema_(ops, mean, ops.mean(x) if per_tensor else x, ba)
-            dev = ops.sub(x, mean)
-            ops.mul_(dev, dev)
-            _ema_(ops, var, ops.mean(dev) if per_tensor else dev, ba)
-            spread = ops.sqrt(var)
-            ops.mul_(spread, ROBUST_K)
-            lo = ops.sub(mean, spread)
-            hi = ops.add(mean, spread)
-            ops.maximum_(x, lo)
-            ops.minimum_(x, hi)
-        c = st["num_c"]
         ops.mul_(c, bn)
-        ops.add_(c, x)
+        ops.addcmul_(c, gbar, gbar, (1.0 - bn) * debias * debias)
+        a = ops.minimum(c, 1.0)
+    else:
+        ops.mul_(c, bn)
+        if "num_absx" not in st and "num_xmean" not in st:
+            ops.addcmul_(c, w, vbar, 1.0)  # c ← β_n c + w v̄
+        else:
+            x = ops.mul(w, vbar)
+            if "num_absx" in st:  # Markov: sign(x)·min(|x|, k E|x|) = clip(x, ±k E|x|)
+                _ema_(ops, st["num_absx"], ops.mean_abs(x) if per_tensor else ops.abs(x), ba)
+                cap = ops.mul(st["num_absx"], ROBUST_K)
+                ops.minimum_(x, cap)
+                ops.neg_(cap)
+                ops.maximum_(x, cap)
+            if "num_xmean" in st:  # Chebyshev: clip(x, E[x] ± k sd(x))
+                mean, var = st["num_xmean"], st["num_xvar"]
+                _ema_(ops, mean, ops.mean(x) if per_tensor else x, ba)
+                dev = ops.sub(x, mean)
+                if per_tensor:
+                    _ema_(ops, var, ops.mean_sq(dev), ba)
+                else:
+                    ops.mul_(dev, dev)
+                    _ema_(ops, var, dev, ba)
+                spread = ops.sqrt(var)
+                ops.mul_(spread, ROBUST_K)
+                ops.minimum_(x, ops.add(mean, spread))
+                ops.neg_(spread)
+                ops.add_(spread, mean)
+                ops.maximum_(x, spread)
+            ops.add_(c, x)
         a = ops.abs(c)
-        if "num_w2" in st:
+        if "num_w2" in st:  # E[w²] ← β_n E[w²] + (1 − β_n) w²
             w2 = st["num_w2"]
-            _ema_(ops, w2, ops.mul(w, w), bn)
-            cap = ops.add(w2, 1.0)
-            ops.minimum_(a, cap)
+            ops.mul_(w2, bn)
+            ops.addcmul_(w2, w, w, 1.0 - bn)
+            ops.minimum_(a, ops.add(w2, 1.0))
         else:
             ops.minimum_(a, 1.0)
     if not per_tensor:
         return a
-    _ema_(ops, st["num_a"], ops.mean(a), SHORT_POLE)
+    _ema_(ops, st["num_a"], ops.mean_abs(a), SHORT_POLE)
     return st["num_a"]
 
 
@@ -409,35 +741,24 @@ def apply_update(
     d: TensorLike | None,
     a: Any,
     cfg: AutoSGMConfig,
-    scale: float,
-    debias: float,
+    sc: StepScalars,
     vbar: TensorLike | None = None,
 ) -> None:
     """Parameter step ``w ← w − μ F a (v̂/d + ρ_d w)``, ``v̂ = v / S[t]``, in place.
 
-    ``scale = μ F``; ``debias = S[t]``; ``ρ_d`` is the decoupled decay (AdamW convention), else 0.
-    With ``a = 1`` this is ``w ← (1 − μFρ_d) w − (μF/S) v/d`` — exactly torch's Adam/AdamW/SGD
-    update order. ``vbar`` (= v̂/d) may be passed when the numerator already computed it.
+    ``ρ_d`` is the decoupled decay (AdamW convention), else 0. With ``a = 1`` this is
+    ``w ← (1 − μFρ_d) w − (μF/S) v/d`` — exactly torch's Adam/AdamW/SGD update order. With a
+    numerator, ``vbar`` (= v̂/d, a fresh tensor) is given and reused.
     """
     rho = cfg.weight_decay if cfg.decoupled_weight_decay else 0.0
     if a is None:
         if rho != 0.0:
-            ops.mul_(p, 1.0 - scale * rho)
+            ops.mul_(p, 1.0 - sc.scale * rho)
         if d is None:
-            ops.add_(p, v, alpha=-scale / debias)
+            ops.add_(p, v, alpha=-sc.step_size)
         else:
-            ops.addcdiv_(p, v, d, -scale / debias)
+            ops.addcdiv_(p, v, d, -sc.step_size)
         return
-    u = vbar if vbar is not None else normalized_step(ops, v, d, debias)
     if rho != 0.0:
-        ops.add_(u, p, alpha=rho)
-    ops.mul_(u, a)
-    ops.add_(p, u, alpha=-scale)
-
-
-def normalized_step(ops, v: TensorLike, d: TensorLike | None, debias: float) -> TensorLike:
-    """``v̄ = v̂ / d = v / (S[t] d)`` as a new tensor (``d = 1`` for a constant oracle)."""
-    u = ops.div(v, d) if d is not None else ops.mul(v, 1.0)
-    if debias != 1.0:
-        ops.mul_(u, 1.0 / debias)
-    return u
+        ops.add_(vbar, p, alpha=rho)
+    ops.addcmul_(p, vbar, a, -sc.scale)
