@@ -477,18 +477,6 @@ def test_fsdp2_distributed_checkpoint_resumes_exactly(fsdp_results, name, foreac
     _check_fsdp(fsdp_results, name, foreach, prefix="dcp/")
 
 
-PER_TENSOR_DEFECT = pytest.mark.xfail(
-    strict=True,
-    reason="FSDP2 with numerator_mode='tensor': the per-tensor statistics mix DTensor and plain tensors. "
-    "Single-tensor path: mean_abs/mean_sq do an in-place mul_ on vector_norm of a sharded DTensor "
-    "(placement _NormPartial), refused by DTensor ('in-place operations that require placement "
-    "changes'); multi-tensor path: torch.stack of the DTensor norms, mul_ by a plain tensor ('got "
-    "mixed torch.Tensor and DTensor'). The reductions themselves are full (mean() of a sharded "
-    "DTensor is replicated); they need out-of-place ops and the replicated value (full_tensor()).",
-)
-
-
-@PER_TENSOR_DEFECT
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
 @pytest.mark.parametrize("name", PER_TENSOR)
 def test_fsdp2_per_tensor_numerator_reduces_over_the_full_tensor(fsdp_results, name, foreach):
@@ -497,29 +485,12 @@ def test_fsdp2_per_tensor_numerator_reduces_over_the_full_tensor(fsdp_results, n
     _check_fsdp(fsdp_results, name, foreach)
 
 
-def test_fsdp2_per_tensor_numerator_fails_loudly(fsdp_results):
-    """Until the defect above is fixed: the failure is an exception on every rank, never a
-    silently wrong (shard-local) statistic."""
-    for name in PER_TENSOR:
-        for path in ("single", "foreach"):
-            got = [res[f"{name}/{path}"] for res in fsdp_results]
-            if all("error" in g for g in got):
-                continue
-            assert not any("error" in g for g in got)
-            _check_fsdp(fsdp_results, name, path == "foreach")
-
-
 def test_fsdp2_global_finite_check_agrees_on_every_rank(fsdp_results):
     """The documented workaround: ``clip_grad_norm_(..., error_if_nonfinite=True)`` reduces over
     all shards, so every rank sees a NaN that is in rank 0's shard only."""
     assert [res["global_check"] for res in fsdp_results] == ["non-finite"] * WORLD
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nonfinite='skip' under FSDP2 checks only the local shard: the rank whose shard holds the "
-    "NaN skips, the other steps, and the shards (and their step counts) diverge",
-)
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
 def test_fsdp2_skip_is_taken_by_every_rank(fsdp_results, foreach):
     results = fsdp_results

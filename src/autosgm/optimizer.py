@@ -2,6 +2,7 @@ r"""The :class:`AutoSGM` optimizer."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, NamedTuple
@@ -348,20 +349,27 @@ class AutoSGM(Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise TypeError("AutoSGM does not support sparse gradients; use dense gradients")
             path = self._path(group, params)
-            if path == "single":
-                self.__dict__.get("_path_caches", {}).pop(gi, None)  # its step counts may now differ
-                F = 1.0
-                for p in params:
-                    w = torch.view_as_real(p) if torch.is_complex(p) else p
-                    g = torch.view_as_real(p.grad) if torch.is_complex(p.grad) else p.grad
-                    state = self._init_state(p, w, cfg)
-                    state["step"] += 1
-                    F = _single_tensor_step(w, g, state, cfg, mu, self._record_fn(group, w))
-            else:
-                F = _multi_tensor_group(self, gi, group, params, cfg, mu, path == "fused")
+            with _sharding_context(params):
+                F = self._group_step(gi, group, params, cfg, mu, path)
             window_values.append(F)
         self.last_window_values = window_values
         return loss
+
+    def _group_step(self, gi: int, group: dict[str, Any], params: list[Tensor], cfg: AutoSGMConfig,
+                    mu: float, path: str) -> float:  # fmt: skip
+        """Step one group's parameters (those with gradients) on the chosen path; returns F."""
+        if path == "single":
+            self.__dict__.get("_path_caches", {}).pop(gi, None)  # its step counts may now differ
+            F = 1.0
+            for p in params:
+                w = torch.view_as_real(p) if torch.is_complex(p) else p
+                g = torch.view_as_real(p.grad) if torch.is_complex(p.grad) else p.grad
+                state = self._init_state(p, w, cfg)
+                state["step"] += 1
+                F = _single_tensor_step(w, g, state, cfg, mu, self._record_fn(group, w))
+        else:
+            F = _multi_tensor_group(self, gi, group, params, cfg, mu, path == "fused")
+        return F
 
     def _nonfinite_groups(self, configs: list[AutoSGMConfig]) -> set[int]:
         """Apply the groups' non-finite-gradient policies before anything is updated.
@@ -374,7 +382,7 @@ class AutoSGM(Optimizer):
             if cfg.nonfinite == "proceed":
                 continue
             grads = [p.grad for p in group["params"] if p.grad is not None]
-            if not all(bool(torch.isfinite(g).all()) for g in grads):
+            if not _all_finite(grads):
                 if cfg.nonfinite == "raise":
                     raise FloatingPointError(f"non-finite gradient in param group {gi} (nonfinite='raise')")
                 bad.append(gi)
@@ -444,6 +452,32 @@ class AutoSGM(Optimizer):
 # ----------------------------------------------------------------------------------------------
 # the paths: all three run autosgm.pipeline.tensor_step, with different ops
 # ----------------------------------------------------------------------------------------------
+def _all_finite(grads: list[Tensor]) -> bool:
+    """Whether every gradient is finite; for sharded (DTensor) gradients, over all ranks."""
+    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+    flag = all(bool(torch.isfinite(g).all()) for g in local)
+    meshes = {g.device_mesh for g in grads if hasattr(g, "device_mesh")}
+    if meshes:
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=local[0].device)
+        for mesh in meshes:
+            for dim in range(mesh.ndim):
+                dist.all_reduce(t, op=dist.ReduceOp.MIN, group=mesh.get_group(dim))
+        flag = bool(t.item() > 0.5)
+    return flag
+
+
+def _sharding_context(params: list[Tensor]):
+    """For sharded (DTensor) parameters, let the plain 0-d per-tensor statistics combine with
+    them as replicated values; a no-op otherwise."""
+    if type(params[0]).__name__ != "DTensor":
+        return contextlib.nullcontext()
+    from torch.distributed.tensor.experimental import implicit_replication
+
+    return implicit_replication()
+
+
 def _check_paths(group: dict[str, Any]) -> None:
     for key in ("foreach", "fused"):
         if group[key] is not None and not isinstance(group[key], bool):

@@ -223,19 +223,26 @@ class _TensorOps:
     @staticmethod
     def mean(x: Tensor) -> Tensor:
         """Per-tensor mean as a 0-d tensor (0 for an empty tensor)."""
-        return x.mean() if x.numel() else x.new_zeros(())
+        return _plain(x.mean()) if x.numel() else x.new_zeros(())
 
     @staticmethod
     def mean_abs(x: Tensor) -> Tensor:
         """Per-tensor mean of ``|x|`` as a 0-d tensor (0 for an empty tensor), summed in float64."""
-        total = torch.linalg.vector_norm(x, 1, dtype=torch.float64)
-        return total.mul_(1.0 / max(x.numel(), 1)).to(x.dtype)
+        total = _plain(torch.linalg.vector_norm(x, 1, dtype=torch.float64))
+        return (total * (1.0 / max(x.numel(), 1))).to(x.dtype)
 
     @staticmethod
     def mean_sq(x: Tensor) -> Tensor:
         """Per-tensor mean of ``x²`` as a 0-d tensor (0 for an empty tensor), summed in float64."""
-        total = torch.linalg.vector_norm(x, 2, dtype=torch.float64).square_()
-        return total.mul_(1.0 / max(x.numel(), 1)).to(x.dtype)
+        total = _plain(torch.linalg.vector_norm(x, 2, dtype=torch.float64)).square()
+        return (total * (1.0 / max(x.numel(), 1))).to(x.dtype)
+
+
+def _plain(reduced: Tensor) -> Tensor:
+    """A per-tensor reduction as a plain tensor: for a sharded (DTensor) parameter the reduction
+    over the full tensor (``full_tensor()`` completes the pending sum across ranks)."""
+    full = getattr(reduced, "full_tensor", None)
+    return full() if full is not None else reduced
 
 
 def _each(y: Any) -> Any:
@@ -359,7 +366,7 @@ class _ForeachOps:
     @staticmethod
     def mean(x) -> Tensor:
         """Per-tensor means, packed (one Python-level call per tensor: only ``E[x]`` needs it)."""
-        return torch.stack([t.mean() if t.numel() else t.new_zeros(()) for t in x])
+        return torch.stack([_plain(t.mean()) if t.numel() else t.new_zeros(()) for t in x])
 
     @staticmethod
     def _inv_numel(x) -> Tensor:
@@ -368,14 +375,14 @@ class _ForeachOps:
     @classmethod
     def mean_abs(cls, x) -> Tensor:
         """Per-tensor means of ``|x|``, packed, from one ``_foreach_norm`` call (float64 sums)."""
-        total = torch.stack(torch._foreach_norm(x, 1, dtype=torch.float64))
-        return total.mul_(cls._inv_numel(x)).to(x[0].dtype)
+        total = torch.stack([_plain(n) for n in torch._foreach_norm(x, 1, dtype=torch.float64)])
+        return (total * cls._inv_numel(x)).to(x[0].dtype)
 
     @classmethod
     def mean_sq(cls, x) -> Tensor:
         """Per-tensor means of ``x²``, packed, from one ``_foreach_norm`` call (float64 sums)."""
-        total = torch.stack(torch._foreach_norm(x, 2, dtype=torch.float64)).square_()
-        return total.mul_(cls._inv_numel(x)).to(x[0].dtype)
+        total = torch.stack([_plain(n) for n in torch._foreach_norm(x, 2, dtype=torch.float64)]).square()
+        return (total * cls._inv_numel(x)).to(x[0].dtype)
 
 
 class _FusedOps(_TensorOps):
