@@ -119,10 +119,11 @@ class AutoSGM(Optimizer):
             Checking costs one host synchronisation per group and step.
         foreach: use the multi-tensor path (``torch._foreach_*`` over tensors grouped by device,
             dtype and step count); None picks it when every parameter is on CUDA (torch's rule).
-        fused: use the fused path: each tensor's whole step is one kernel, compiled once per
-            configuration by ``torch.compile`` (dynamic shapes; lr, window and step count enter
-            as 0-d tensors, so they never cause a recompilation). None means False. Not together
-            with ``foreach=True``.
+        fused: use the fused path: each tensor's whole step is one compiled loop
+            (``torch.compile``, a few programs per configuration and dtype whatever the shapes;
+            small tensors are packed together; lr, window value and step count are data, so
+            they never cause a recompilation; see :mod:`autosgm.fused`). None means False. Not
+            together with ``foreach=True``.
         lr_cfg, beta_cfg, rc_cfg, wd_cfg, eps_cfg: the seed's tuples (see :func:`~autosgm.config.parse_seed_tuples`);
             giving a tuple and a keyword for the same setting is an error.
     """
