@@ -3,7 +3,6 @@ r"""The :class:`AutoSGM` optimizer."""
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, NamedTuple
 
