@@ -303,19 +303,25 @@ def _regression(dtype, seed=0):
     return net.to(dtype), x.to(dtype), y.to(dtype)
 
 
+
+def _fit(net, opt, x, y, steps: int = 60) -> list[float]:
+    """Full-batch regression steps; the losses."""
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((net(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
 @pytest.mark.parametrize("dtype", LOW, ids=["bf16", "f16"])
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
 @pytest.mark.parametrize("numerator", ["unity", "parcor-markov"])
 def test_low_precision_parameters_train_with_float32_state(dtype, foreach, numerator):
     net, x, y = _regression(dtype)
     opt = AutoSGM(net.parameters(), lr=2e-2, numerator=numerator, foreach=foreach)
-    losses = []
-    for _ in range(60):
-        opt.zero_grad()
-        loss = ((net(x) - y) ** 2).mean()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _fit(net, opt, x, y)
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses[::10]
     for p in net.parameters():
         assert p.dtype == dtype
@@ -456,13 +462,7 @@ def test_fused_equals_single_tensor_in_float64(name):
 def test_fused_low_precision_trains_with_float32_state(dtype):
     net, x, y = _regression(dtype)
     opt = AutoSGM(net.parameters(), lr=2e-2, numerator="parcor-markov", fused=True)
-    losses = []
-    for _ in range(60):
-        opt.zero_grad()
-        loss = ((net(x) - y) ** 2).mean()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _fit(net, opt, x, y)
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     assert all(v.dtype == torch.float32 for p in net.parameters() for v in opt.state[p].values())
 

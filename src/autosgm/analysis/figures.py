@@ -31,6 +31,16 @@ __all__ = ["Design", "comparison_designs", "design_space_figure", "responses_fig
 _COLORS = {"RAW": "0.35", "PHB": "tab:blue", "NAG": "tab:orange", "OPT": "tab:green", "MLS": "tab:red"}
 
 
+def _save(fig, path: str | Path, dpi: int) -> Path:
+    """Write ``fig`` to ``path`` and release it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -117,10 +127,7 @@ def design_space_figure(path: str | Path, *, resolution: int = 240, dpi: int = 1
         r" $f=\frac{1}{2}u^2\epsilon^2$, $u\sim N(0,\lambda)$",
         fontsize=12,
     )
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi)
 
 
 @dataclass(frozen=True)
@@ -240,10 +247,7 @@ def responses_figure(
         rf"$\alpha$={a_common:.3g}; OPT: $\gamma=\beta/(1+\beta)$, $\alpha\eta\lambda=1+\beta$",
         fontsize=12,
     )
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
