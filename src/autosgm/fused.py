@@ -32,8 +32,9 @@ from torch import Tensor
 
 from . import pipeline as P
 from .config import AutoSGMConfig
+from .packing import Pack, chunks_by_size
 
-__all__ = ["FUSE_ALONE", "FUSE_CHUNK", "PACK_LIMIT", "FusedLayout", "fused_kernel", "fused_step", "pack_scalars"]
+__all__ = ["FUSE_ALONE", "FUSE_CHUNK", "PACK_LIMIT", "FusedLayout", "fused_kernel", "fused_step"]
 
 #: Tensors with at least this many elements get their own loop in a call; smaller ones are packed.
 FUSE_ALONE = 1 << 16
@@ -121,50 +122,12 @@ class _Kernel:
 # ----------------------------------------------------------------------------------------------
 # the calls of a bucket
 # ----------------------------------------------------------------------------------------------
-def pack_scalars(states: list[dict[str, Any]], key: str) -> Tensor:
-    """Stack the 0-d ``state[key]`` of each tensor into one vector; each entry becomes a view of it.
-
-    One kernel then updates them all (the step counters, the per-tensor statistics); the state
-    still holds one 0-d tensor per parameter (a view), so state dicts are unchanged.
-    """
-    vec = torch.stack([st[key] for st in states])
-    for st, view in zip(states, vec.unbind(0)):
-        st[key] = view
-    return vec
-
-
-class _Pack:
-    """Small tensors stepped as one workspace: their element-wise state becomes one flat buffer per
-    name (each ``state[name]`` a view of it), their per-tensor statistics one vector per name."""
-
-    __slots__ = ("index", "sizes", "state", "seg", "inv_count")
-
-    def __init__(self, index: list[int], ws: list[Tensor], states, per_tensor: set[str], dtype) -> None:
-        self.index, self.sizes = index, [w.numel() for w in ws]
-        self.state: dict[str, Tensor] = {}
-        for name in [k for k in states[0] if k != "step"]:
-            if name in per_tensor:
-                self.state[name] = pack_scalars(states, name)
-                continue
-            flat = torch.cat([st[name].reshape(-1) for st in states])
-            for st, piece, w in zip(states, flat.split(self.sizes), ws):
-                st[name] = piece.view(w.shape)
-            self.state[name] = flat
-        self.seg = self.inv_count = None
-        if per_tensor:
-            device = ws[0].device
-            counts = P.host_values(self.sizes, torch.int64, device)
-            self.seg = torch.repeat_interleave(torch.arange(len(ws), dtype=torch.int32, device=device), counts,
-                                               output_size=sum(self.sizes))  # fmt: skip
-            self.inv_count = P.host_values([1.0 / max(n, 1) for n in self.sizes], dtype, device)
-
-
 class _Call:
     """One kernel call: large tensors (positions in the bucket) and their state, then maybe a pack."""
 
     __slots__ = ("index", "states", "pack")
 
-    def __init__(self, index: list[int], states: list[dict[str, Tensor]], pack: _Pack | None = None) -> None:
+    def __init__(self, index: list[int], states: list[dict[str, Tensor]], pack: Pack | None = None) -> None:
         self.index, self.pack = index, pack
         self.states = states + ([pack.state] if pack is not None else [])
 
@@ -194,9 +157,9 @@ class FusedLayout:
                 (large if w.numel() >= FUSE_ALONE else small).append(i)
 
         packs = []
-        for chunk in _chunks_by_size(small, [w.numel() for w in ws], PACK_LIMIT):
+        for chunk in chunks_by_size(small, [w.numel() for w in ws], PACK_LIMIT):
             if len(chunk) >= 2 and sum(ws[i].numel() for i in chunk) >= 2:
-                packs.append(_Pack(chunk, [ws[i] for i in chunk], [states[i] for i in chunk], per_tensor, dtype))
+                packs.append(Pack(chunk, [ws[i] for i in chunk], [states[i] for i in chunk], per_tensor, dtype))
             else:
                 for i in chunk:
                     (self.eager.append((i, bufs[i])) if ws[i].numel() <= 1 else large.append(i))
@@ -212,18 +175,6 @@ class FusedLayout:
                 self.calls.append(_Call(index, flat, packs.pop(0) if packs and not self.calls else None))
                 start += size
         self.calls += [_Call([], [], pack) for pack in packs]  # (the first pack rides along)
-
-
-def _chunks_by_size(index: list[int], sizes: list[int], limit: int) -> list[list[int]]:
-    chunks: list[list[int]] = []
-    total = limit
-    for i in index:
-        if total + sizes[i] > limit:
-            chunks.append([])
-            total = 0
-        chunks[-1].append(i)
-        total += sizes[i]
-    return chunks
 
 
 def fused_step(layout: FusedLayout, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGMConfig,

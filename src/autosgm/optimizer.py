@@ -12,7 +12,8 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from . import pipeline as P
-from .fused import FusedLayout, fused_step, pack_scalars
+from .fused import FusedLayout, fused_step
+from .packing import CpuLayout, cpu_step, pack_scalars
 from .config import SEED_KEYS, AutoSGMConfig, check_lr, numerator_name, parse_seed_tuples
 from .windows import Window
 
@@ -534,7 +535,7 @@ class _Bucket:
     path the per-tensor statistics (``numerator_mode="tensor"``) are packed the same way.
     """
 
-    __slots__ = ("index", "params", "complex", "steps", "chunks", "layout", "dtype")
+    __slots__ = ("index", "params", "complex", "steps", "chunks", "layout", "cpu", "dtype")
 
     def __init__(self, index, params, states, cfg: AutoSGMConfig, fused: bool) -> None:
         self.index = index  # positions in the group's list of parameters with gradients (None: all)
@@ -544,9 +545,13 @@ class _Bucket:
         self.steps = pack_scalars(states, "step")
         names = [k for k in states[0] if k != "step"]
         per_tensor = {k for k in names if cfg.numerator_mode == "tensor" and k in P.PER_TENSOR_STATS}
-        self.chunks = self.layout = None
+        self.chunks = self.layout = self.cpu = None
         if fused:
             self.layout = FusedLayout(params, states, per_tensor, self.dtype)
+            return
+        plain = all(type(p.data) is torch.Tensor for p in params)  # (not DTensor shards)
+        if params[0].device.type == "cpu" and CPU_LAYOUT and cfg.numerator != "unity" and plain:
+            self.cpu = CpuLayout(params, states, per_tensor, self.dtype)
             return
         buffers = {k: pack_scalars(states, k) if k in per_tensor else [st[k] for st in states] for k in names}
         # the stage chain runs on a few tensors at a time, so that its temporaries stay in cache
@@ -557,6 +562,10 @@ class _Bucket:
 
 #: Elements per sub-list of the multi-tensor path (a larger tensor forms a sub-list of its own).
 FOREACH_CHUNK = 1 << 18
+#: Whether the multi-tensor path on the CPU steps a numerator's chain tensor by tensor and pack by
+#: pack with a reused workspace (:mod:`autosgm.packing`) instead of ``torch._foreach_*`` over lists
+#: (the ``unity`` chain has one temporary at most, as torch's Adam; it keeps the lists).
+CPU_LAYOUT = True
 
 
 def _slices_by_size(sizes: list[int], limit: int) -> list[slice]:
@@ -625,6 +634,8 @@ def _multi_tensor_group(opt: "AutoSGM", gi: int, group: dict[str, Any], params: 
         sc, F = P.step_scalars(cfg, int(b.steps[0]), mu)
         if fused:
             fused_step(b.layout, ws, gs, cfg, sc)
+        elif b.cpu is not None:
+            cpu_step(b.cpu, ws, gs, cfg, sc, b.dtype)
         else:
             _foreach_bucket(b, ws, gs, cfg, sc)
     return F

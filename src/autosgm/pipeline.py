@@ -26,7 +26,7 @@ tensor).
 State buffers (per parameter, created only when the configuration needs them):
 
 =================  ==============================================================================
-``filter_state``   γ = 0: v[t] (torch's ``momentum_buffer``/``exp_avg``); γ ≠ 0: s[t] = β v[t] − ηγ g[t]
+``filter_state``   γ = 0: v[t] (torch's ``momentum_buffer``/``exp_avg``); γ ≠ 0: u[t] = β u[t−1] + (1 − β) g[t]
 ``moment``         m[t] = β_a m[t−1] + (1 − β_a)(g[t]² [+ ε²])
 ``num_c``          numerator accumulator (partial correlation) or EMA of ḡ² (``corr``)
 ``num_w2``         E[w²], normalized EMA with pole β_n (cap of codes 2-4)
@@ -57,6 +57,9 @@ __all__ = [
     "FOREACH_OPS",
     "FUSED_OPS",
     "PackedOps",
+    "Arena",
+    "ArenaOps",
+    "PackedArenaOps",
     "PerTensor",
     "NUMERATOR_BUFFERS",
     "PER_TENSOR_STATS",
@@ -69,7 +72,9 @@ __all__ = [
     "tensor_step",
     "update_tensor",
     "gradient_input",
+    "FilterOutput",
     "lowpass",
+    "form",
     "lowpass_finish",
     "moment",
     "numerator",
@@ -220,22 +225,30 @@ class _TensorOps:
     def maximum_(x: Tensor, y: Any) -> None:
         torch.maximum(x, y, out=x) if isinstance(y, Tensor) else x.clamp_(min=y)
 
+    def clip_(self, x: Tensor, lo: Any, hi: Any) -> None:
+        """``x ← min(max(x, lo), hi)`` (bounds: numbers or tensors; ``lo ≤ hi``)."""
+        self.maximum_(x, lo)
+        self.minimum_(x, hi)
+
+    # Per-tensor means as 0-d tensors (0 for an empty tensor). torch sums a tensor on the CPU by
+    # cascades (pairwise), so a float32 sum of n elements is good to a few units of 2⁻²⁴·log n.
     @staticmethod
     def mean(x: Tensor) -> Tensor:
-        """Per-tensor mean as a 0-d tensor (0 for an empty tensor)."""
-        return _plain(x.mean()) if x.numel() else x.new_zeros(())
+        """Per-tensor mean."""
+        return _plain(x.sum()) * (1.0 / max(x.numel(), 1))
 
-    @staticmethod
-    def mean_abs(x: Tensor) -> Tensor:
-        """Per-tensor mean of ``|x|`` as a 0-d tensor (0 for an empty tensor), summed in float64."""
-        total = _plain(torch.linalg.vector_norm(x, 1, dtype=torch.float64))
-        return (total * (1.0 / max(x.numel(), 1))).to(x.dtype)
+    def mean_abs(self, x: Tensor) -> Tensor:
+        """Per-tensor mean of ``|x|``."""
+        return self.mean(self.abs(x))
+
+    def mean_nonneg(self, x: Tensor) -> Tensor:
+        """Per-tensor mean of ``x ≥ 0`` (``= mean |x|``, without the ``|·|`` pass)."""
+        return self.mean(x)
 
     @staticmethod
     def mean_sq(x: Tensor) -> Tensor:
-        """Per-tensor mean of ``x²`` as a 0-d tensor (0 for an empty tensor), summed in float64."""
-        total = _plain(torch.linalg.vector_norm(x, 2, dtype=torch.float64)).square()
-        return (total * (1.0 / max(x.numel(), 1))).to(x.dtype)
+        """Per-tensor mean of ``x²``."""
+        return _plain(torch.linalg.vector_norm(x, 2)).square() * (1.0 / max(x.numel(), 1))
 
 
 def _plain(reduced: Tensor) -> Tensor:
@@ -262,7 +275,7 @@ class _ForeachOps:
 
     @staticmethod
     def neg(x):
-        return torch._foreach_neg(x)
+        return torch.neg(x) if isinstance(x, Tensor) else torch._foreach_neg(x)
 
     @staticmethod
     def neg_(x) -> None:
@@ -364,25 +377,30 @@ class _ForeachOps:
             torch._foreach_clamp_min_(x, y)
 
     @staticmethod
-    def mean(x) -> Tensor:
-        """Per-tensor means, packed (one Python-level call per tensor: only ``E[x]`` needs it)."""
-        return torch.stack([_plain(t.mean()) if t.numel() else t.new_zeros(()) for t in x])
+    def clip_(x, lo, hi) -> None:
+        torch._foreach_maximum_(x, _each(lo))
+        torch._foreach_minimum_(x, _each(hi))
 
     @staticmethod
     def _inv_numel(x) -> Tensor:
-        return host_values([1.0 / max(t.numel(), 1) for t in x], torch.float64, x[0].device)
+        return host_values([1.0 / max(t.numel(), 1) for t in x], x[0].dtype, x[0].device)
+
+    @classmethod
+    def mean(cls, x) -> Tensor:
+        """Per-tensor means, packed (one Python-level call per tensor)."""
+        return torch.stack([_plain(t.sum()) for t in x]) * cls._inv_numel(x)
 
     @classmethod
     def mean_abs(cls, x) -> Tensor:
-        """Per-tensor means of ``|x|``, packed, from one ``_foreach_norm`` call (float64 sums)."""
-        total = torch.stack([_plain(n) for n in torch._foreach_norm(x, 1, dtype=torch.float64)])
-        return (total * cls._inv_numel(x)).to(x[0].dtype)
+        """Per-tensor means of ``|x|``, packed, from one ``_foreach_norm`` call."""
+        return torch.stack([_plain(n) for n in torch._foreach_norm(x, 1)]) * cls._inv_numel(x)
+
+    mean_nonneg = mean_abs
 
     @classmethod
     def mean_sq(cls, x) -> Tensor:
-        """Per-tensor means of ``x²``, packed, from one ``_foreach_norm`` call (float64 sums)."""
-        total = torch.stack([_plain(n) for n in torch._foreach_norm(x, 2, dtype=torch.float64)]).square()
-        return (total * cls._inv_numel(x)).to(x[0].dtype)
+        """Per-tensor means of ``x²``, packed, from one ``_foreach_norm`` call."""
+        return torch.stack([_plain(n) for n in torch._foreach_norm(x, 2)]).square() * cls._inv_numel(x)
 
 
 class _FusedOps(_TensorOps):
@@ -421,6 +439,10 @@ class _FusedOps(_TensorOps):
     @staticmethod
     def maximum_(x: Tensor, y: Any) -> None:
         x.copy_(torch.maximum(x, y) if isinstance(y, Tensor) else torch.clamp_min(x, y))
+
+    @staticmethod
+    def clip_(x: Tensor, lo: Any, hi: Any) -> None:
+        x.copy_(torch.clamp(x, min=lo, max=hi))
 
     # Means accumulate in float64: a compiled reduction sums sequentially (no cascade), which in
     # float32 loses ~n·2⁻²⁴ of the result over n elements.
@@ -502,6 +524,9 @@ class PackedOps(_FusedOps):
         else:
             x.mul_(self._e(y))
 
+    def neg(self, x):
+        return PerTensor(-x.v) if isinstance(x, PerTensor) else -x
+
     def neg_(self, x) -> None:
         _v(x).neg_()
 
@@ -517,11 +542,184 @@ class PackedOps(_FusedOps):
     def minimum_(self, x, y) -> None:
         super().minimum_(x, self._e(y))
 
+    def clip_(self, x, lo, hi) -> None:
+        super().clip_(x, self._e(lo), self._e(hi))
+
     def maximum_(self, x, y) -> None:
         super().maximum_(x, self._e(y))
 
     def addcmul_(self, x, a, b, value) -> None:
         x.add_(a * self._e(b) * value)
+
+
+class Arena:
+    """A reused workspace for the new tensors of a step: :meth:`take` hands out consecutive
+    pieces of one buffer per dtype, :meth:`reset` frees them all at once.
+
+    A request beyond the buffer gets a tensor of its own, and the next :meth:`reset` grows the
+    buffer to the largest total seen, so from the second step on a step allocates nothing.
+    :meth:`release` drops buffers above ``keep`` bytes (they are then allocated per step).
+    """
+
+    _ALIGN = 16  # elements: pieces start on 64-byte boundaries (float32)
+
+    def __init__(self, device: torch.device, keep: int) -> None:
+        self.device, self.keep = device, keep
+        self.bufs: dict[torch.dtype, Tensor] = {}
+        self.used: dict[torch.dtype, int] = {}
+        self.need: dict[torch.dtype, int] = {}
+        # the pieces handed out, by (dtype, start, shape): a step asks for the same ones each time
+        self.pieces: dict[tuple, Tensor] = {}
+
+    def take(self, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        start = self.used.get(dtype, 0)
+        key = (dtype, start, shape)
+        piece = self.pieces.get(key)
+        if piece is not None:
+            self.used[dtype] = start + -(-piece.numel() // self._ALIGN) * self._ALIGN
+            return piece
+        n = math.prod(shape)
+        self.used[dtype] = start + -(-n // self._ALIGN) * self._ALIGN
+        buf = self.bufs.get(dtype)
+        if buf is None or self.used[dtype] > buf.numel():
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        piece = self.pieces[key] = buf[start : start + n].view(shape)
+        return piece
+
+    def reset(self) -> None:
+        for dtype, n in self.used.items():
+            self.need[dtype] = max(self.need.get(dtype, 0), n)
+            buf = self.bufs.get(dtype)
+            if buf is None or buf.numel() < self.need[dtype]:
+                self.bufs[dtype] = torch.empty(self.need[dtype], dtype=dtype, device=self.device)
+                self.pieces = {k: v for k, v in self.pieces.items() if k[0] != dtype}
+        self.used = {}
+
+    def release(self) -> None:
+        self.reset()
+        for dtype in [d for d, b in self.bufs.items() if b.numel() * b.element_size() > self.keep]:
+            del self.bufs[dtype]
+            self.pieces = {k: v for k, v in self.pieces.items() if k[0] != dtype}
+
+
+class ArenaOps(_TensorOps):
+    """:data:`TENSOR_OPS` whose new tensors are pieces of an :class:`Arena` (``out=``).
+
+    The element-wise results are those of :data:`TENSOR_OPS`, bit for bit; only the memory
+    differs. The CPU multi-tensor path steps each large tensor with these: the step's
+    temporaries are then reused memory instead of fresh pages, and stay in cache.
+    """
+
+    def __init__(self, arena: Arena) -> None:
+        self.arena = arena
+
+    def _out(self, x: Tensor, y: Any = None) -> Tensor:
+        shape = x.shape
+        if isinstance(y, Tensor) and y.shape != shape and y.dim():
+            shape = torch.broadcast_shapes(shape, y.shape)
+        return self.arena.take(shape, x.dtype)
+
+    def neg(self, x):
+        return torch.neg(x, out=self._out(x))
+
+    def add(self, x, y, alpha=1.0):
+        return torch.add(x, y, alpha=alpha, out=self._out(x, y))
+
+    def sub(self, x, y):
+        return torch.sub(x, y, out=self._out(x, y))
+
+    def mul(self, x, y):
+        return torch.mul(x, y, out=self._out(x, y))
+
+    def div(self, x, y):
+        return torch.div(x, y, out=self._out(x, y))
+
+    def sqrt(self, x):
+        return torch.sqrt(x, out=self._out(x))
+
+    def abs(self, x):
+        return torch.abs(x, out=self._out(x))
+
+    def minimum(self, x, y: float):
+        return torch.clamp_max(x, y, out=self._out(x))
+
+
+class PackedArenaOps(ArenaOps):
+    """:class:`ArenaOps` on a packed workspace (several small tensors concatenated).
+
+    As in :class:`PackedOps`, ``seg`` gives each element's tensor index, a per-tensor quantity
+    is a :class:`PerTensor` vector (broadcast to the elements by ``index_select``), and a mean is
+    a float64 segment sum (``lengths``: elements per tensor) times ``inv_count``.
+    """
+
+    def __init__(self, arena: Arena, seg: Tensor, lengths: Tensor, inv_count: Tensor) -> None:
+        super().__init__(arena)
+        self.seg, self.lengths, self.inv_count = seg, lengths, inv_count
+
+    def _e(self, y: Any) -> Any:
+        if not isinstance(y, PerTensor):
+            return y
+        return torch.index_select(y.v, 0, self.seg, out=self.arena.take(self.seg.shape, y.v.dtype))
+
+    def _mean(self, x: Tensor) -> PerTensor:
+        wide = self.arena.take(x.shape, torch.float64)
+        wide.copy_(x)
+        total = torch.segment_reduce(wide, "sum", lengths=self.lengths)
+        return PerTensor((total * self.inv_count).to(x.dtype))
+
+    def mean(self, x):
+        return self._mean(x)
+
+    def mean_sq(self, x):
+        return self._mean(self.mul(x, x))
+
+    def neg(self, x):
+        return PerTensor(-x.v) if isinstance(x, PerTensor) else super().neg(x)
+
+    def neg_(self, x) -> None:
+        _v(x).neg_()
+
+    def add(self, x, y, alpha=1.0):
+        if isinstance(x, PerTensor):
+            return PerTensor(torch.add(x.v, _v(y), alpha=alpha))
+        return super().add(x, self._e(y), alpha)
+
+    def add_(self, x, y, alpha=1.0) -> None:
+        if isinstance(x, PerTensor):
+            x.v.add_(_v(y), alpha=alpha)
+        else:
+            x.add_(self._e(y), alpha=alpha)
+
+    def sub(self, x, y):
+        if isinstance(x, PerTensor):
+            return PerTensor(x.v - _v(y))
+        return super().sub(x, self._e(y))
+
+    def mul(self, x, y):
+        if isinstance(x, PerTensor):
+            return PerTensor(x.v * _v(y))
+        return super().mul(x, self._e(y))
+
+    def mul_(self, x, y) -> None:
+        _v(x).mul_(_v(y) if isinstance(x, PerTensor) else self._e(y))
+
+    def sqrt(self, x):
+        return PerTensor(x.v.sqrt()) if isinstance(x, PerTensor) else super().sqrt(x)
+
+    def lerp_(self, x, y, weight) -> None:
+        _v(x).lerp_(_v(y) if isinstance(x, PerTensor) else self._e(y), weight)
+
+    def minimum_(self, x, y) -> None:
+        super().minimum_(x, self._e(y))
+
+    def maximum_(self, x, y) -> None:
+        super().maximum_(x, self._e(y))
+
+    def clip_(self, x, lo, hi) -> None:
+        super().clip_(x, self._e(lo), self._e(hi))
+
+    def addcmul_(self, x, a, b, value) -> None:
+        x.addcmul_(a, self._e(b), value=value)
 
 
 TENSOR_OPS = _TensorOps()
@@ -553,11 +751,12 @@ def tensor_step(
     if cfg.numerator == "unity":
         d = moment(ops, state["moment"], g, cfg, sc) if cfg.normalize else None  # d = √m̂ + ε
         if record is not None:
-            record(v, d, None)
+            record(form(ops, v), d, None)
         apply_update(ops, w, v, d, None, cfg, sc)  # w ← w − (μF/S) v/d
     else:
         # the numerator needs v̂/d = v/(S d): fold S into the denominator, d̃ = S d
         d = moment(ops, state["moment"], g, cfg, sc, scaled=True)
+        v = form(ops, v)
         vbar = ops.div(v, d)  # v̄ = v̂ / d
         S = sc.debias if cfg.debias else 1.0
         a = numerator(ops, state, w, g, vbar, d, cfg, S)  # a ≈ E[w v̄] ...
@@ -607,20 +806,34 @@ def gradient_input(ops, g: TensorLike, w: TensorLike, cfg: AutoSGMConfig) -> Ten
     return g
 
 
-def lowpass(ops, s: TensorLike | None, g: TensorLike, cfg: AutoSGMConfig) -> TensorLike:
+class FilterOutput(NamedTuple):
+    """The filter output ``v = a·g + b·u`` for γ ≠ 0, left unformed: a consumer that reads ``v``
+    once (the parameter step) reads ``g`` and ``u`` instead of writing ``v`` first."""
+
+    a: float  #: η
+    g: TensorLike  #: the filter input g[t]
+    b: float  #: K = η(β − γ)/(1 − β)
+    u: TensorLike  #: the state u[t−1]
+
+
+def lowpass(ops, s: TensorLike | None, g: TensorLike, cfg: AutoSGMConfig) -> TensorLike | FilterOutput:
     """Low-pass filter ``v[t] = β v[t−1] + η (g[t] − γ g[t−1])``, zero initial conditions.
 
     One buffer. For γ = 0 it is ``v`` itself (torch's ``momentum_buffer``/``exp_avg``), updated in
-    place: ``v ← β v + η g`` (a ``lerp`` when η = 1 − β). For γ ≠ 0 it is the transposed direct
-    form II state ``s[t] = β v[t] − ηγ g[t]``: ``v[t] = η g[t] + s[t−1]`` is a new tensor and
-    :func:`lowpass_finish` advances ``s`` once ``v`` has been used. Returns ``v`` (for γ = 0 it
-    aliases the buffer: do not modify it).
+    place: ``v ← β v + η g`` (a ``lerp`` when η = 1 − β). For γ ≠ 0 it is ``u[t]``, the average
+    of the input with the pole, ``u[t] = β u[t−1] + (1 − β) g[t]`` (one ``lerp``), from which
+
+        v[t] = η g[t] + K u[t−1],    K = η (β − γ) / (1 − β)
+
+    (the transposed direct form II state is ``K u``); this returns that sum as a
+    :class:`FilterOutput` (:func:`form` makes it a tensor) and :func:`lowpass_finish` advances
+    ``u`` once ``v[t]`` was used. Returns ``v`` (for γ = 0 it aliases the buffer: do not modify it).
     """
     beta, eta = cfg.beta, cfg.eta
     if s is None:  # β = γ = 0: a pure gain
         return g if eta == 1.0 else ops.mul(g, eta)
     if cfg.gamma != 0.0:
-        return ops.add(s, g, alpha=eta)
+        return FilterOutput(eta, g, eta * (beta - cfg.gamma) / (1.0 - beta), s)
     if cfg.lerp_filter:
         ops.lerp_(s, g, eta)
     else:
@@ -629,12 +842,21 @@ def lowpass(ops, s: TensorLike | None, g: TensorLike, cfg: AutoSGMConfig) -> Ten
     return s
 
 
+def form(ops, v: TensorLike | FilterOutput) -> TensorLike:
+    """``v`` as a tensor (a new one for a :class:`FilterOutput`: ``a g + b u``)."""
+    if not isinstance(v, FilterOutput):
+        return v
+    out = ops.mul(v.g, v.a)
+    if v.b != 0.0:
+        ops.add_(out, v.u, alpha=v.b)
+    return out
+
+
 def lowpass_finish(ops, s: TensorLike | None, g: TensorLike, cfg: AutoSGMConfig) -> None:
-    """Advance the γ ≠ 0 state after ``v[t]`` was used: ``s[t] = β s[t−1] + η(β − γ) g[t]``."""
+    """Advance the γ ≠ 0 state after ``v[t]`` was used: ``u[t] = β u[t−1] + (1 − β) g[t]``."""
     if s is None or cfg.gamma == 0.0:
         return
-    ops.mul_(s, cfg.beta)
-    ops.add_(s, g, alpha=cfg.eta * (cfg.beta - cfg.gamma))
+    ops.lerp_(s, g, 1.0 - cfg.beta)
 
 
 def moment(ops, m: TensorLike, g: TensorLike, cfg: AutoSGMConfig, sc: StepScalars,
@@ -708,9 +930,7 @@ def numerator(
             if "num_absx" in st:  # Markov: sign(x)·min(|x|, k E|x|) = clip(x, ±k E|x|)
                 _ema_(ops, st["num_absx"], ops.mean_abs(x) if per_tensor else ops.abs(x), ba)
                 cap = ops.mul(st["num_absx"], ROBUST_K)
-                ops.minimum_(x, cap)
-                ops.neg_(cap)
-                ops.maximum_(x, cap)
+                ops.clip_(x, ops.neg(cap), cap)
             if "num_xmean" in st:  # Chebyshev: clip(x, E[x] ± k sd(x))
                 mean, var = st["num_xmean"], st["num_xvar"]
                 _ema_(ops, mean, ops.mean(x) if per_tensor else x, ba)
@@ -722,10 +942,10 @@ def numerator(
                     _ema_(ops, var, dev, ba)
                 spread = ops.sqrt(var)
                 ops.mul_(spread, ROBUST_K)
-                ops.minimum_(x, ops.add(mean, spread))
+                hi = ops.add(mean, spread)
                 ops.neg_(spread)
-                ops.add_(spread, mean)
-                ops.maximum_(x, spread)
+                ops.add_(spread, mean)  # E[x] − k sd
+                ops.clip_(x, spread, hi)
             ops.add_(c, x)
         a = ops.abs(c)
         if "num_w2" in st:  # E[w²] ← β_n E[w²] + (1 − β_n) w²
@@ -737,14 +957,14 @@ def numerator(
             ops.minimum_(a, 1.0)
     if not per_tensor:
         return a
-    _ema_(ops, st["num_a"], ops.mean_abs(a), SHORT_POLE)
+    _ema_(ops, st["num_a"], ops.mean_nonneg(a), SHORT_POLE)
     return st["num_a"]
 
 
 def apply_update(
     ops,
     p: TensorLike,
-    v: TensorLike,
+    v: TensorLike | FilterOutput,
     d: TensorLike | None,
     a: Any,
     cfg: AutoSGMConfig,
@@ -761,10 +981,15 @@ def apply_update(
     if a is None:
         if rho != 0.0:
             ops.mul_(p, 1.0 - sc.scale * rho)
-        if d is None:
-            ops.add_(p, v, alpha=-sc.step_size)
-        else:
-            ops.addcdiv_(p, v, d, -sc.step_size)
+        # v = a g + b u (γ ≠ 0) is read as its two terms, one pass each
+        terms = ((v.a, v.g), (v.b, v.u)) if isinstance(v, FilterOutput) else ((1.0, v),)
+        for coef, x in terms:
+            if coef == 0.0:
+                continue
+            if d is None:
+                ops.add_(p, x, alpha=-sc.step_size * coef)
+            else:
+                ops.addcdiv_(p, x, d, -sc.step_size * coef)
         return
     if rho != 0.0:
         ops.add_(vbar, p, alpha=rho)
