@@ -175,6 +175,35 @@ class FusedLayout:
                 self.calls.append(_Call(index, flat, packs.pop(0) if packs and not self.calls else None))
                 start += size
         self.calls += [_Call([], [], pack) for pack in packs]  # (the first pack rides along)
+        self.aliases: dict[int, Tensor] = {}  # 1-D aliases of the large parameters
+        self.workspaces: dict[int, tuple] = {}  # per pack: flat weights, gradients and their pieces
+
+    def alias(self, i: int, w: Tensor) -> Tensor:
+        """A 1-D detached alias of parameter ``w`` (kept while ``w`` keeps its memory)."""
+        a = self.aliases.get(i)
+        if a is None or a.data_ptr() != w.data_ptr():
+            a = self.aliases[i] = w.detach().view(-1)
+        return a
+
+    def workspace(self, pack: Pack, w0: Tensor) -> tuple:
+        """The pack's flat weights and gradients (dtype of ``w0``), and their pieces shaped as the
+        parameters (kept between steps: a step copies into them, nothing is allocated)."""
+        ws = self.workspaces.get(id(pack))
+        if ws is None or ws[0].dtype != w0.dtype:
+            flat_w = torch.empty(pack.numel, dtype=w0.dtype, device=w0.device)
+            flat_g = torch.empty_like(flat_w)
+            shapes = pack.shapes
+            ws = self.workspaces[id(pack)] = (
+                flat_w, flat_g,
+                [x.view(s) for x, s in zip(flat_w.split(pack.sizes), shapes)],
+                [x.view(s) for x, s in zip(flat_g.split(pack.sizes), shapes)],
+            )  # fmt: skip
+        return ws
+
+
+def _flat(g: Tensor) -> Tensor:
+    g = g.reshape(-1)
+    return g.detach() if g.requires_grad else g
 
 
 def fused_step(layout: FusedLayout, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGMConfig,
@@ -184,15 +213,18 @@ def fused_step(layout: FusedLayout, ws: list[Tensor], gs: list[Tensor], cfg: Aut
     scalars = P.host_values(sc, P.state_dtype(dtype), device)
     for c in layout.calls:
         # 1-D detached aliases: plain tensors (a view or a Parameter would be compiled for its shape)
-        wl = [ws[i].view(-1).detach() for i in c.index]
-        gl = [gs[i].reshape(-1).detach() for i in c.index]
+        wl = [layout.alias(i, ws[i]) for i in c.index]
+        gl = [_flat(gs[i]) for i in c.index]
         if c.pack is None:
             fused_kernel(cfg, dtype, device)(wl, gl, c.states, scalars)
             continue
-        pw = [ws[i].view(-1) for i in c.pack.index]
-        wl.append(torch.cat(pw))
-        gl.append(torch.cat([gs[i].reshape(-1) for i in c.pack.index]))
+        flat_w, flat_g, pieces_w, pieces_g = layout.workspace(c.pack, ws[0])
+        pw = [ws[i] for i in c.pack.index]
+        torch._foreach_copy_(pieces_w, pw)
+        torch._foreach_copy_(pieces_g, [gs[i] for i in c.pack.index])
+        wl.append(flat_w)
+        gl.append(flat_g)
         fused_kernel(cfg, dtype, device, packed=True)(wl, gl, c.states, scalars, c.pack.seg, c.pack.inv_count)
-        torch._foreach_copy_(pw, wl[-1].split(c.pack.sizes))
+        torch._foreach_copy_(pw, pieces_w)
     for i, bufs in layout.eager:
         P.update_tensor(ws[i], gs[i], bufs, cfg, sc)

@@ -653,7 +653,15 @@ def _foreach_bucket(b: _Bucket, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGM
             torch._foreach_copy_(ws[sl], cw)
 
 
+_ATOMS = (float, int, bool, str, type(None))
+
+
 def _freeze(value: Any) -> Any:
+    """A hashable snapshot of a setting (lists and dicts can change in place)."""
+    if type(value) in _ATOMS:
+        return value
+    if type(value) is tuple:
+        return tuple(_freeze(v) for v in value)
     if isinstance(value, dict):
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
     if isinstance(value, list):

@@ -60,10 +60,10 @@ class Pack:
     are per-tensor statistics.
     """
 
-    __slots__ = ("index", "sizes", "numel", "state", "seg", "lengths", "inv_count", "inv_count64")
+    __slots__ = ("index", "sizes", "shapes", "numel", "state", "seg", "lengths", "inv_count", "inv_count64")
 
     def __init__(self, index: list[int], ws: list[Tensor], states, per_tensor: set[str], dtype) -> None:
-        self.index, self.sizes = index, [w.numel() for w in ws]
+        self.index, self.sizes, self.shapes = index, [w.numel() for w in ws], [w.shape for w in ws]
         self.numel = sum(self.sizes)
         self.state: dict[str, Tensor] = {}
         for name in [k for k in states[0] if k != "step"]:
