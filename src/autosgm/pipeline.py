@@ -12,7 +12,10 @@ element-wise primitives:
 * :data:`FUSED_OPS`: one tensor inside ``torch.compile`` (the fused path), where the per-step
   scalars are 0-d tensors so that a new learning rate, window value or step count is new data,
   not a new program; :class:`PackedOps` does the same on a workspace that concatenates several
-  small tensors (per-tensor quantities become :class:`PerTensor` vectors).
+  small tensors (per-tensor quantities become :class:`PerTensor` vectors);
+* :class:`ArenaOps`: :data:`TENSOR_OPS` with every new tensor written into a reused
+  :class:`Arena` (the multi-tensor path on the CPU, see :mod:`autosgm.packing`), and
+  :class:`PackedArenaOps`, the same on a pack of small tensors.
 
 The math therefore has a single definition. The per-step scalars (``μF``, the debias factors) are
 shared by every tensor a call sees: the multi-tensor path groups tensors whose step counts agree.
@@ -26,7 +29,7 @@ tensor).
 State buffers (per parameter, created only when the configuration needs them):
 
 =================  ==============================================================================
-``filter_state``   γ = 0: v[t] (torch's ``momentum_buffer``/``exp_avg``); γ ≠ 0: u[t] = β u[t−1] + (1 − β) g[t]
+``filter_state``   γ = 0: v[t] (torch's ``exp_avg``); γ ≠ 0: u[t] = β u[t−1] + (1 − β) g[t]
 ``moment``         m[t] = β_a m[t−1] + (1 − β_a)(g[t]² [+ ε²])
 ``num_c``          numerator accumulator (partial correlation) or EMA of ḡ² (``corr``)
 ``num_w2``         E[w²], normalized EMA with pole β_n (cap of codes 2-4)
@@ -469,12 +472,85 @@ def _v(y: Any) -> Any:
     return y.v if isinstance(y, PerTensor) else y
 
 
-class PackedOps(_FusedOps):
-    """:data:`FUSED_OPS` on a packed workspace: the elements of several tensors concatenated.
+class _PerTensorOps:
+    """Stage primitives on a packed workspace (the elements of several tensors concatenated),
+    mixed into an ops class.
+
+    A per-tensor quantity is a :class:`PerTensor` vector (entry ``i`` for the ``i``-th tensor):
+    arithmetic among them is vector arithmetic, and as an operand of an element-wise operation it
+    is broadcast to the elements by :meth:`_e`. Subclasses give :meth:`_e` and :meth:`mean`.
+    """
+
+    def _e(self, y: Any) -> Any:
+        raise NotImplementedError
+
+    def neg(self, x):
+        return PerTensor(-x.v) if isinstance(x, PerTensor) else super().neg(x)
+
+    def neg_(self, x) -> None:
+        _v(x).neg_()
+
+    def add(self, x, y, alpha=1.0):
+        if isinstance(x, PerTensor):
+            return PerTensor(x.v + _v(y) * alpha)
+        return super().add(x, self._e(y), alpha)
+
+    def add_(self, x, y, alpha=1.0) -> None:
+        if isinstance(x, PerTensor):
+            x.v.add_(_v(y) * alpha)
+        else:
+            super().add_(x, self._e(y), alpha)
+
+    def sub(self, x, y):
+        if isinstance(x, PerTensor):
+            return PerTensor(x.v - _v(y))
+        return super().sub(x, self._e(y))
+
+    def mul(self, x, y):
+        if isinstance(x, PerTensor):
+            return PerTensor(x.v * _v(y))
+        return super().mul(x, self._e(y))
+
+    def mul_(self, x, y) -> None:
+        if isinstance(x, PerTensor):
+            x.v.mul_(_v(y))
+        else:
+            super().mul_(x, self._e(y))
+
+    def sqrt(self, x):
+        return PerTensor(x.v.sqrt()) if isinstance(x, PerTensor) else super().sqrt(x)
+
+    def lerp_(self, x, y, weight) -> None:
+        if isinstance(x, PerTensor):
+            x.v.lerp_(_v(y), weight)
+        else:
+            super().lerp_(x, self._e(y), weight)
+
+    def minimum_(self, x, y) -> None:
+        super().minimum_(x, self._e(y))
+
+    def maximum_(self, x, y) -> None:
+        super().maximum_(x, self._e(y))
+
+    def clip_(self, x, lo, hi) -> None:
+        super().clip_(x, self._e(lo), self._e(hi))
+
+    def addcmul_(self, x, a, b, value) -> None:
+        super().addcmul_(x, a, self._e(b), value)
+
+    def mean_abs(self, x):
+        return self.mean(self.abs(x))
+
+    def mean_sq(self, x):
+        return self.mean(self.mul(x, x))
+
+
+class PackedOps(_PerTensorOps, _FusedOps):
+    """:data:`FUSED_OPS` on a packed workspace (see :class:`_PerTensorOps`).
 
     ``seg`` gives each element's tensor index and ``inv_count`` is ``1 / max(numel, 1)`` per
-    tensor; a per-tensor quantity is a :class:`PerTensor` (one entry per tensor) and is broadcast
-    to the elements by indexing with ``seg``. Means are segment sums (``index_add``).
+    tensor; a per-tensor quantity is broadcast by indexing with ``seg``, and a mean is a float64
+    segment sum (``index_add``).
     """
 
     def __init__(self, seg: Tensor, inv_count: Tensor) -> None:
@@ -484,72 +560,9 @@ class PackedOps(_FusedOps):
     def _e(self, y: Any) -> Any:
         return y.v[self.seg] if isinstance(y, PerTensor) else y
 
-    def _mean(self, x: Tensor) -> PerTensor:
+    def mean(self, x):
         total = torch.zeros_like(self.inv_count, dtype=torch.float64).index_add_(0, self.seg, x.double())
         return PerTensor((total * self.inv_count).to(x.dtype))
-
-    def mean(self, x):
-        return self._mean(x)
-
-    def mean_abs(self, x):
-        return self._mean(x.abs())
-
-    def mean_sq(self, x):
-        return self._mean(x * x)
-
-    def add(self, x, y, alpha=1.0):
-        if isinstance(x, PerTensor):
-            return PerTensor(x.v + _v(y) * alpha)
-        return x + self._e(y) * alpha
-
-    def add_(self, x, y, alpha=1.0) -> None:
-        if isinstance(x, PerTensor):
-            x.v.add_(_v(y) * alpha)
-        else:
-            x.add_(self._e(y) * alpha)
-
-    def sub(self, x, y):
-        if isinstance(x, PerTensor):
-            return PerTensor(x.v - _v(y))
-        return x - self._e(y)
-
-    def mul(self, x, y):
-        if isinstance(x, PerTensor):
-            return PerTensor(x.v * _v(y))
-        return x * self._e(y)
-
-    def mul_(self, x, y) -> None:
-        if isinstance(x, PerTensor):
-            x.v.mul_(_v(y))
-        else:
-            x.mul_(self._e(y))
-
-    def neg(self, x):
-        return PerTensor(-x.v) if isinstance(x, PerTensor) else -x
-
-    def neg_(self, x) -> None:
-        _v(x).neg_()
-
-    def sqrt(self, x):
-        return PerTensor(x.v.sqrt()) if isinstance(x, PerTensor) else torch.sqrt(x)
-
-    def lerp_(self, x, y, weight) -> None:
-        if isinstance(x, PerTensor):
-            x.v.lerp_(_v(y), weight)
-        else:
-            x.lerp_(self._e(y), weight)
-
-    def minimum_(self, x, y) -> None:
-        super().minimum_(x, self._e(y))
-
-    def clip_(self, x, lo, hi) -> None:
-        super().clip_(x, self._e(lo), self._e(hi))
-
-    def maximum_(self, x, y) -> None:
-        super().maximum_(x, self._e(y))
-
-    def addcmul_(self, x, a, b, value) -> None:
-        x.add_(a * self._e(b) * value)
 
 
 class Arena:
@@ -644,12 +657,12 @@ class ArenaOps(_TensorOps):
         return torch.clamp_max(x, y, out=self._out(x))
 
 
-class PackedArenaOps(ArenaOps):
-    """:class:`ArenaOps` on a packed workspace (several small tensors concatenated).
+class PackedArenaOps(_PerTensorOps, ArenaOps):
+    """:class:`ArenaOps` on a packed workspace (see :class:`_PerTensorOps`).
 
-    As in :class:`PackedOps`, ``seg`` gives each element's tensor index, a per-tensor quantity
-    is a :class:`PerTensor` vector (broadcast to the elements by ``index_select``), and a mean is
-    a float64 segment sum (``lengths``: elements per tensor) times ``inv_count``.
+    ``seg`` gives each element's tensor index (a per-tensor quantity is broadcast by
+    ``index_select`` into the workspace), and a mean is a float64 segment sum (``lengths``:
+    elements per tensor) times ``inv_count`` (float64).
     """
 
     def __init__(self, arena: Arena, seg: Tensor, lengths: Tensor, inv_count: Tensor) -> None:
@@ -661,65 +674,11 @@ class PackedArenaOps(ArenaOps):
             return y
         return torch.index_select(y.v, 0, self.seg, out=self.arena.take(self.seg.shape, y.v.dtype))
 
-    def _mean(self, x: Tensor) -> PerTensor:
+    def mean(self, x):
         wide = self.arena.take(x.shape, torch.float64)
         wide.copy_(x)
         total = torch.segment_reduce(wide, "sum", lengths=self.lengths)
         return PerTensor((total * self.inv_count).to(x.dtype))
-
-    def mean(self, x):
-        return self._mean(x)
-
-    def mean_sq(self, x):
-        return self._mean(self.mul(x, x))
-
-    def neg(self, x):
-        return PerTensor(-x.v) if isinstance(x, PerTensor) else super().neg(x)
-
-    def neg_(self, x) -> None:
-        _v(x).neg_()
-
-    def add(self, x, y, alpha=1.0):
-        if isinstance(x, PerTensor):
-            return PerTensor(torch.add(x.v, _v(y), alpha=alpha))
-        return super().add(x, self._e(y), alpha)
-
-    def add_(self, x, y, alpha=1.0) -> None:
-        if isinstance(x, PerTensor):
-            x.v.add_(_v(y), alpha=alpha)
-        else:
-            x.add_(self._e(y), alpha=alpha)
-
-    def sub(self, x, y):
-        if isinstance(x, PerTensor):
-            return PerTensor(x.v - _v(y))
-        return super().sub(x, self._e(y))
-
-    def mul(self, x, y):
-        if isinstance(x, PerTensor):
-            return PerTensor(x.v * _v(y))
-        return super().mul(x, self._e(y))
-
-    def mul_(self, x, y) -> None:
-        _v(x).mul_(_v(y) if isinstance(x, PerTensor) else self._e(y))
-
-    def sqrt(self, x):
-        return PerTensor(x.v.sqrt()) if isinstance(x, PerTensor) else super().sqrt(x)
-
-    def lerp_(self, x, y, weight) -> None:
-        _v(x).lerp_(_v(y) if isinstance(x, PerTensor) else self._e(y), weight)
-
-    def minimum_(self, x, y) -> None:
-        super().minimum_(x, self._e(y))
-
-    def maximum_(self, x, y) -> None:
-        super().maximum_(x, self._e(y))
-
-    def clip_(self, x, lo, hi) -> None:
-        super().clip_(x, self._e(lo), self._e(hi))
-
-    def addcmul_(self, x, a, b, value) -> None:
-        x.addcmul_(a, self._e(b), value=value)
 
 
 TENSOR_OPS = _TensorOps()

@@ -1,0 +1,129 @@
+"""The CPU multi-tensor path's workspace (:class:`autosgm.pipeline.Arena`) and layout.
+
+The path must give the reference's results (``test_paths.py`` checks that for every configuration);
+here: the workspace hands out pieces that never overlap within a step, stops allocating after the
+first step, is dropped after each step when it is larger than ``ARENA_KEEP``, and the plan steps
+large and non-contiguous tensors alone and packs the rest.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import autosgm.packing as packing
+from autosgm import AutoSGM
+from autosgm.pipeline import Arena
+
+from test_paths import CASES, FOREACH_TOL32, run, worst_difference
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    start = t.data_ptr()
+    return start, start + t.numel() * t.element_size()
+
+
+shapes = st.lists(st.lists(st.integers(0, 40), min_size=0, max_size=3).map(tuple), min_size=1, max_size=12)
+
+
+@given(cycles=st.lists(shapes, min_size=1, max_size=4), dtypes=st.lists(st.sampled_from([torch.float32, torch.float64]), min_size=12, max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_arena_pieces_never_overlap_and_second_pass_reuses_the_buffer(cycles, dtypes):
+    arena = Arena(torch.device("cpu"), keep=1 << 30)
+    for sequence in cycles + cycles:  # every sequence twice: the second time from the buffer
+        taken = [arena.take(shape, dtypes[i]) for i, shape in enumerate(sequence)]
+        for t, shape, i in zip(taken, sequence, range(len(sequence))):
+            assert t.shape == shape and t.dtype == dtypes[i]
+        spans = sorted(_span(t) for t in taken if t.numel())
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # disjoint
+        arena.reset()
+    # after a reset every sequence seen fits: taking it again allocates nothing new
+    for sequence in cycles:
+        for i, shape in enumerate(sequence):
+            t = arena.take(shape, dtypes[i])
+            if t.numel():
+                buf = arena.bufs[dtypes[i]]
+                lo, hi = _span(buf)
+                assert lo <= t.data_ptr() and _span(t)[1] <= hi
+        arena.reset()
+
+
+def _mixed_params() -> list[nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    big = packing.ALONE + 7
+    shapes = [(big,), (3, 5), (7,), (1,), (0, 2), (64, 9)]
+    params = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    params.append(nn.Parameter(torch.randn(6, 4, generator=gen).t()))  # not contiguous
+    return params
+
+
+def _step(opt: AutoSGM, params: list[nn.Parameter], k: int) -> None:
+    gen = torch.Generator().manual_seed(k)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+
+
+def _layout(opt: AutoSGM) -> packing.CpuLayout:
+    (bucket,) = opt._path_caches[0].buckets
+    return bucket.cpu
+
+
+def test_layout_steps_large_and_strided_tensors_alone_and_packs_the_rest():
+    params = _mixed_params()
+    opt = AutoSGM(params, numerator="parcor-markov", foreach=True)
+    _step(opt, params, 0)
+    layout = _layout(opt)
+    alone = {i for i, _ in layout.alone}
+    assert alone == {0, 6}  # the large one, the transposed one
+    assert [pack.index for pack in layout.packs] == [[1, 2, 3, 4, 5]]
+
+
+def test_workspace_stops_allocating_after_the_first_step():
+    params = _mixed_params()
+    opt = AutoSGM(params, numerator="parcor-chebyshev", foreach=True)
+    _step(opt, params, 0)
+    arena = _layout(opt).arena
+    before = {d: b.data_ptr() for d, b in arena.bufs.items()}
+    assert before  # a workspace was kept
+    for k in range(1, 4):
+        _step(opt, params, k)
+    assert {d: b.data_ptr() for d, b in arena.bufs.items()} == before
+    assert arena.used == {}
+
+
+def test_workspace_above_the_limit_is_dropped_after_each_step(monkeypatch):
+    monkeypatch.setattr(packing, "ARENA_KEEP", 64)
+    ref = run(CASES["parcor-markov-tensor"], dict(foreach=False))
+    got = run(CASES["parcor-markov-tensor"], dict(foreach=True))
+    assert worst_difference(got, ref, tol32=FOREACH_TOL32)[0] <= 1e-12
+    for cache in got[1]._path_caches.values():
+        for bucket in cache.buckets:
+            assert bucket.cpu is None or bucket.cpu.arena.bufs == {}
+
+
+@pytest.mark.parametrize("numerator", ["unity", "corr"])
+def test_unity_keeps_the_foreach_lists_and_numerators_take_the_layout(numerator):
+    params = _mixed_params()
+    opt = AutoSGM(params, numerator=numerator, foreach=True)
+    _step(opt, params, 0)
+    (bucket,) = opt._path_caches[0].buckets
+    assert (bucket.cpu is None) == (numerator == "unity")
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_zero_filter_state_is_the_average_of_the_input(foreach):
+    """γ ≠ 0: the one filter buffer is u[t] = β u[t−1] + (1 − β) g[t] (documented state meaning)."""
+    beta = 0.9
+    p = nn.Parameter(torch.zeros(5, dtype=torch.float64))
+    opt = AutoSGM.nesterov([p], lr=0.1, momentum=beta, foreach=foreach)
+    gen = torch.Generator().manual_seed(3)
+    u = torch.zeros(5, dtype=torch.float64)
+    for _ in range(6):
+        p.grad = torch.randn(5, generator=gen, dtype=torch.float64)
+        u = beta * u + (1 - beta) * p.grad
+        opt.step()
+    torch.testing.assert_close(opt.state[p]["filter_state"], u, rtol=1e-14, atol=0)
