@@ -1,8 +1,8 @@
 """Time one ``optimizer.step()``: AutoSGM's three paths beside torch.optim, interleaved.
 
-For each parameter set (shapes only; gradients are preset once and reused) every optimizer is
-built on the *same* parameter tensors, warmed up (state allocation, compilation), then stepped
-round-robin: each repetition steps every optimizer once, in a shuffled order, so that machine
+For each parameter set (shapes only; gradients are preset once and reused, and the weights and
+gradients are restored after every repetition) every optimizer is built on the *same* parameter
+tensors, warmed up (state allocation, compilation), then stepped round-robin: each repetition steps every optimizer once, in a shuffled order, so that machine
 noise hits all of them alike. The table gives the median milliseconds per step, the ratio to the
 torch.optim reference of the same path, and the optimizer-state bytes per parameter element.
 
@@ -167,6 +167,19 @@ def run_set(name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace) 
         for path in args.paths:
             entries.append(Entry(cname, path, make(params, **PATH_KWARGS[path]), REFERENCE[cname], []))
 
+    # Every optimizer steps the same tensors with the same gradients, and torch's
+    # SGD(nesterov=True, foreach=True) adds its momentum buffer into the gradients in place, so
+    # over the repetitions the gradients (and with them the weights) would grow to overflow. The
+    # weights and gradients are restored after each repetition (outside the timed region).
+    initial = [p.detach().clone() for p in params]
+    grads = [p.grad for p in params]
+    initial_grads = [g.clone() for g in grads]
+
+    def restore() -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(params, initial)
+            torch._foreach_copy_(grads, initial_grads)
+
     for e in entries:  # warm-up: allocate state, compile
         _sync(device)
         t0 = time.perf_counter()
@@ -175,13 +188,9 @@ def run_set(name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace) 
         e.first_step_s = time.perf_counter() - t0
         for _ in range(2):
             e.opt.step()
+    restore()
     rng = random.Random(0)
     order = list(entries)
-    # Every optimizer steps the same tensors, with gradients that do not depend on them, so
-    # nothing pulls the weights back: the partial-correlation numerators, whose cap 1 + E[w²]
-    # grows with the weights, would drive them to overflow within a few hundred steps. The
-    # weights are therefore restored after each repetition (outside the timed region).
-    initial = [p.detach().clone() for p in params]
     for rep in range(args.reps):
         rng.shuffle(order)
         for e in order:
@@ -192,8 +201,7 @@ def run_set(name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace) 
             e.times.append(time.perf_counter() - t0)
         if not all(torch.isfinite(p).all() for p in params):
             raise RuntimeError("parameters became non-finite; lower LR")
-        with torch.no_grad():
-            torch._foreach_copy_(params, initial)
+        restore()
     for e in entries:
         e.state_bytes = state_bytes_per_element(e.opt, numel)
     return entries

@@ -533,6 +533,10 @@ class _Bucket:
     The step counters are packed: each ``state["step"]`` is a 0-d view of ``steps``, so one
     ``add_`` counts a step for the whole bucket and one read gives ``t``. In the multi-tensor
     path the per-tensor statistics (``numerator_mode="tensor"``) are packed the same way.
+
+    The bucket's plan is one of: ``layout`` (the fused path), ``cpu`` (the multi-tensor path of
+    a numerator on the CPU: tensor by tensor and pack by pack, :mod:`autosgm.packing`) or
+    ``chunks`` (``torch._foreach_*`` over sub-lists: the multi-tensor path otherwise).
     """
 
     __slots__ = ("index", "params", "complex", "steps", "chunks", "layout", "cpu", "dtype")
