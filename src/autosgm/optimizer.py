@@ -558,9 +558,11 @@ class _Bucket:
             self.cpu = CpuLayout(params, states, per_tensor, self.dtype)
             return
         buffers = {k: pack_scalars(states, k) if k in per_tensor else [st[k] for st in states] for k in names}
-        # the stage chain runs on a few tensors at a time, so that its temporaries stay in cache
+        # a chain with temporaries (a denominator, a numerator) runs on a few tensors at a time,
+        # so that they stay in cache; one without them on the whole list (fewer calls)
+        chunk = FOREACH_CHUNK if cfg.normalize or cfg.numerator != "unity" else sum(p.numel() for p in params)
         self.chunks = []
-        for sl in _slices_by_size([p.numel() for p in params], FOREACH_CHUNK):
+        for sl in _slices_by_size([p.numel() for p in params], chunk):
             self.chunks.append((sl, {k: v[sl] for k, v in buffers.items()}))
 
 

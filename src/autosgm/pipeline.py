@@ -181,6 +181,11 @@ class _TensorOps:
         x.mul_(y)
 
     @staticmethod
+    def scale_add_(x: Tensor, a: float, y: Tensor) -> None:
+        """``x ← a·x + y`` in one pass."""
+        torch.add(y, x, alpha=a, out=x)
+
+    @staticmethod
     def div(x: Tensor, y: Any) -> Tensor:
         return torch.div(x, y)
 
@@ -321,6 +326,11 @@ class _ForeachOps:
             torch._foreach_mul_(x, _each(y))
 
     @staticmethod
+    def scale_add_(x, a: float, y) -> None:
+        torch._foreach_mul_(x, a)
+        torch._foreach_add_(x, y)
+
+    @staticmethod
     def div(x, y):
         return torch._foreach_div(x, _each(y))
 
@@ -430,6 +440,10 @@ class _FusedOps(_TensorOps):
     @staticmethod
     def addcmul_(x: Tensor, a: Tensor, b: Tensor, value: Any) -> None:
         x.add_(a * b * value)
+
+    @staticmethod
+    def scale_add_(x: Tensor, a: Any, y: Tensor) -> None:
+        x.copy_(x * a + y)
 
     @staticmethod
     def addcdiv_(x: Tensor, a: Tensor, b: Tensor, value: Any) -> None:
@@ -881,8 +895,8 @@ def numerator(
         ops.addcmul_(c, gbar, gbar, (1.0 - bn) * debias * debias)
         a = ops.minimum(c, 1.0)
     else:
-        ops.mul_(c, bn)
         if "num_absx" not in st and "num_xmean" not in st:
+            ops.mul_(c, bn)
             ops.addcmul_(c, w, vbar, 1.0)  # c ← β_n c + w v̄
         else:
             x = ops.mul(w, vbar)
@@ -905,7 +919,7 @@ def numerator(
                 ops.neg_(spread)
                 ops.add_(spread, mean)  # E[x] − k sd
                 ops.clip_(x, spread, hi)
-            ops.add_(c, x)
+            ops.scale_add_(c, bn, x)  # c ← β_n c + x
         a = ops.abs(c)
         if "num_w2" in st:  # E[w²] ← β_n E[w²] + (1 − β_n) w²
             w2 = st["num_w2"]
