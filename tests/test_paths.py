@@ -164,6 +164,7 @@ def test_foreach_in_sub_lists_equals_single_tensor(name, monkeypatch):
     import autosgm.optimizer
 
     monkeypatch.setattr(autosgm.optimizer, "FOREACH_CHUNK", 20)  # a few tensors per sub-list
+    monkeypatch.setattr(autosgm.optimizer, "FOREACH_CHUNK_PLAIN", 20)
     monkeypatch.setattr(autosgm.optimizer, "CPU_LAYOUT", False)
     ref = run(CASES[name], dict(foreach=False))
     got = run(CASES[name], dict(foreach=True))

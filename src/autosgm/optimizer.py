@@ -558,16 +558,18 @@ class _Bucket:
             self.cpu = CpuLayout(params, states, per_tensor, self.dtype)
             return
         buffers = {k: pack_scalars(states, k) if k in per_tensor else [st[k] for st in states] for k in names}
-        # a chain with temporaries (a denominator, a numerator) runs on a few tensors at a time,
-        # so that they stay in cache; one without them on the whole list (fewer calls)
-        chunk = FOREACH_CHUNK if cfg.normalize or cfg.numerator != "unity" else sum(p.numel() for p in params)
+        # the stage chain runs on a few tensors at a time, so that what one pass writes the next
+        # reads from cache; sub-lists are larger for a chain without temporaries (fewer calls)
+        chunk = FOREACH_CHUNK if cfg.normalize or cfg.numerator != "unity" else FOREACH_CHUNK_PLAIN
         self.chunks = []
         for sl in _slices_by_size([p.numel() for p in params], chunk):
             self.chunks.append((sl, {k: v[sl] for k, v in buffers.items()}))
 
 
-#: Elements per sub-list of the multi-tensor path (a larger tensor forms a sub-list of its own).
+#: Elements per sub-list of the multi-tensor path (a larger tensor forms a sub-list of its own);
+#: ``FOREACH_CHUNK_PLAIN`` for a chain without temporaries (heavy ball, Nesterov, SGD).
 FOREACH_CHUNK = 1 << 18
+FOREACH_CHUNK_PLAIN = 1 << 20
 #: Whether the multi-tensor path on the CPU steps a numerator's chain tensor by tensor and pack by
 #: pack with a reused workspace (:mod:`autosgm.packing`) instead of ``torch._foreach_*`` over lists
 #: (the ``unity`` chain has one temporary at most, as torch's Adam; it keeps the lists).
