@@ -9,11 +9,13 @@ be bitwise equal to the reference's, and the window values F[t] must be the same
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 
 import pytest
 import torch
+from torch import nn
 from autosgm import NUMERATORS, AutoSGM, Window
 from autosgm.optimizer import DEFAULTS
 from autosgm.windows import SHAPES, UNITS
@@ -291,3 +293,44 @@ def test_a_missing_option_means_its_default_so_a_non_default_here_is_refused():
     with pytest.raises(ValueError, match=r"gamma: saved 0\.0, here 0\.3"):
         AutoSGM(make_net().parameters(), lr=1e-2, gamma=0.3).load_state_dict(sd)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_checkpoint_of_the_earlier_filter_layout_is_converted_on_load(dtype):
+    """autosgm 0.1 kept the γ ≠ 0 filter buffer as s = K u (no ``state_format`` in the groups);
+    loading such a checkpoint converts it, and training continues as if never interrupted."""
+    torch.manual_seed(0)
+    w0 = torch.randn(6, dtype=torch.float64).to(dtype)
+    grads = [torch.randn(6, dtype=torch.float64).to(dtype) for _ in range(8)]
+
+    def make(p):
+        return AutoSGM([p], lr=0.05, betas=(0.9, 0.999), gamma=0.3, eta=0.5, numerator="parcor-markov")
+
+    def train(opt, p, gs):
+        for g in gs:
+            p.grad = g.clone()
+            opt.step()
+
+    ref = nn.Parameter(w0.clone())
+    ref_opt = make(ref)
+    train(ref_opt, ref, grads)
+
+    p = nn.Parameter(w0.clone())
+    opt = make(p)
+    train(opt, p, grads[:4])
+    old = copy.deepcopy(opt.state_dict())
+    cfg = opt.group_config(0)
+    k = cfg.eta * (cfg.beta - cfg.gamma) / (1 - cfg.beta)
+    for group in old["param_groups"]:
+        del group["state_format"]
+    for st in old["state"].values():
+        st["filter_state"] = st["filter_state"] * k  # the earlier layout: s = K u
+
+    q = nn.Parameter(p.detach().clone())
+    resumed = make(q)
+    resumed.load_state_dict(old)
+    assert resumed.param_groups[0]["state_format"] == 2
+    torch.testing.assert_close(resumed.state[q]["filter_state"], opt.state[p]["filter_state"], rtol=1e-6, atol=0)
+    train(resumed, q, grads[4:])
+    tol = 1e-12 if dtype == torch.float64 else 1e-2
+    torch.testing.assert_close(q.detach().double(), ref.detach().double(), rtol=tol, atol=tol)

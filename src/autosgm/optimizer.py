@@ -55,6 +55,11 @@ DEFAULTS: dict[str, Any] = OrderedDict(
 )
 _CONFIG_KEYS = tuple(k for k in DEFAULTS if k not in ("lr", "foreach", "fused"))
 
+#: Layout of the state, kept in every param group as ``state_format``. 2: the γ ≠ 0 filter buffer
+#: is the input's average u[t] = β u[t−1] + (1 − β) g[t] (autosgm 0.2). A group without the key (0.1)
+#: held the transposed-direct-form state s = K u, K = η(β − γ)/(1 − β); loading converts it.
+STATE_FORMAT = 2
+
 
 class StepRecord(NamedTuple):
     """What a trajectory hook sees for one parameter tensor at one step ``t``.
@@ -234,6 +239,7 @@ class AutoSGM(Optimizer):
         if seed:
             explicit = {k: v for k, v in group.items() if k in DEFAULTS}
             group.update(_merge_seed(explicit, seed))
+        group.pop("state_format", None)  # (a group of a state_dict: the layout is this version's)
         unknown = set(group) - set(DEFAULTS) - {"params"}
         if unknown:
             raise TypeError(f"unknown param-group setting(s): {', '.join(sorted(unknown))}")
@@ -241,6 +247,7 @@ class AutoSGM(Optimizer):
             group["window"] = group["window"].to_dict()
         super().add_param_group(group)
         group = self.param_groups[-1]
+        group["state_format"] = STATE_FORMAT
         _check_paths(group)
         if "numerator" in group:
             group["numerator"] = numerator_name(group["numerator"])
@@ -255,6 +262,8 @@ class AutoSGM(Optimizer):
         for group in self.param_groups:
             for key, value in DEFAULTS.items():
                 group.setdefault(key, value)
+        if not self.__dict__.get("_loading"):
+            self._upgrade_state_format()
 
     def group_config(self, group: dict[str, Any] | int) -> AutoSGMConfig:
         """The validated :class:`AutoSGMConfig` of a param group (or its index).
@@ -415,8 +424,28 @@ class AutoSGM(Optimizer):
                         + "; ".join(diffs)
                         + "); construct the optimizer with the saved settings (state_dict['param_groups'])"
                     )
-        super().load_state_dict(state_dict)
+        self.__dict__["_loading"] = True  # (torch's load calls __setstate__: upgrade below, once)
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self.__dict__.pop("_loading", None)
         self._restore_state_dtypes(state_dict)
+        self._upgrade_state_format()
+
+    def _upgrade_state_format(self) -> None:
+        """Bring the state of groups saved by an earlier layout (no ``state_format``) to
+        :data:`STATE_FORMAT`: the γ ≠ 0 filter buffer ``s = K u`` becomes ``u = s / K``."""
+        for group in self.param_groups:
+            if group.get("state_format", 1) == STATE_FORMAT:
+                continue
+            cfg = self.group_config(group)
+            k = cfg.eta * (cfg.beta - cfg.gamma) / (1.0 - cfg.beta) if cfg.gamma != 0.0 else 0.0
+            if k != 0.0:
+                for p in group["params"]:
+                    buf = self.state.get(p, {}).get("filter_state")
+                    if buf is not None:
+                        buf.div_(k)
+            group["state_format"] = STATE_FORMAT
 
     def _restore_state_dtypes(self, state_dict: dict[str, Any]) -> None:
         """Undo torch's cast of loaded state to the parameter dtype (``Optimizer.load_state_dict``
