@@ -127,3 +127,44 @@ def test_zero_filter_state_is_the_average_of_the_input(foreach):
         u = beta * u + (1 - beta) * p.grad
         opt.step()
     torch.testing.assert_close(opt.state[p]["filter_state"], u, rtol=1e-14, atol=0)
+
+
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 9), min_size=1, max_size=3).map(tuple), min_size=1, max_size=9),
+    numerator=st.sampled_from(["parcor-bounded", "parcor-maxbound", "parcor-markov", "parcor-chebyshev", "corr"]),
+    mode=st.sampled_from(["tensor", "element"]),
+    alone=st.sampled_from([4, 16, 64]),
+    chunk=st.sampled_from([8, 64, 1024]),
+)
+@settings(max_examples=100, deadline=None)
+def test_layout_of_any_shapes_matches_the_reference(shapes, numerator, mode, alone, chunk):
+    """Any mix of tensors stepped alone and packed (thresholds shrunk so that small shapes
+    exercise both, zero-size ones included) gives the reference's parameters and state."""
+    old = packing.ALONE, packing.PACK_CHUNK
+    packing.ALONE, packing.PACK_CHUNK = alone, chunk
+    try:
+        results = []
+        for foreach in (False, True):
+            gen = torch.Generator().manual_seed(0)
+            params = [nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in shapes]
+            opt = AutoSGM(params, lr=0.05, numerator=numerator, numerator_mode=mode, beta_n=0.9,
+                          foreach=foreach)  # fmt: skip
+            for k in range(4):
+                for p in params:
+                    p.grad = 0.5 * p.detach() + torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                opt.step()
+            results.append((params, opt))
+    finally:
+        packing.ALONE, packing.PACK_CHUNK = old
+    (ref, ref_opt), (got, got_opt) = results
+    for p, q in zip(ref, got):
+        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-12)
+        for key, value in ref_opt.state[p].items():
+            torch.testing.assert_close(got_opt.state[q][key], value, rtol=1e-12, atol=1e-12)
+
+
+def test_chunks_by_size_starts_with_an_empty_tensor():
+    """A first tensor of zero elements opens the first chunk (it once indexed an empty list)."""
+    assert packing.chunks_by_size([0, 1, 2], [0, 5, 5], 8) == [[0, 1], [2]]
+    assert packing.chunks_by_size([3], [0, 0, 0, 0], 8) == [[3]]
+    assert packing.chunks_by_size([], [], 8) == []

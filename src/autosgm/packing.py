@@ -94,9 +94,9 @@ class Pack:
 def chunks_by_size(index: list[int], sizes: list[int], limit: int) -> list[list[int]]:
     """Consecutive runs of ``index`` whose ``sizes`` add up to at most ``limit`` (or hold one item)."""
     chunks: list[list[int]] = []
-    total = limit
+    total = 0
     for i in index:
-        if total + sizes[i] > limit:
+        if not chunks or total + sizes[i] > limit:
             chunks.append([])
             total = 0
         chunks[-1].append(i)
