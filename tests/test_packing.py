@@ -168,3 +168,19 @@ def test_chunks_by_size_starts_with_an_empty_tensor():
     assert packing.chunks_by_size([0, 1, 2], [0, 5, 5], 8) == [[0, 1], [2]]
     assert packing.chunks_by_size([3], [0, 0, 0, 0], 8) == [[3]]
     assert packing.chunks_by_size([], [], 8) == []
+
+
+@pytest.mark.slow
+def test_fused_path_packs_a_group_that_starts_with_an_empty_tensor():
+    params = [nn.Parameter(torch.randn(0)), nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(3, 2))]
+    ref = [nn.Parameter(p.detach().clone()) for p in params]
+    opt, ref_opt = AutoSGM(params, lr=1e-2, fused=True), AutoSGM(ref, lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(params, ref):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        opt.step()
+        ref_opt.step()
+    for p, q in zip(params, ref):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
