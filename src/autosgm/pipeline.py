@@ -185,6 +185,14 @@ class _TensorOps:
         """``x ← a·x + y`` in one pass."""
         torch.add(y, x, alpha=a, out=x)
 
+    def axpb_(self, x: Tensor, a: float, b: float) -> None:
+        """``x ← a·x + b`` (numbers ``a``, ``b``) in one pass."""
+        torch.add(self._const(b, x), x, alpha=a, out=x)
+
+    @staticmethod
+    def _const(value: float, like: Tensor) -> Tensor:
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
+
     @staticmethod
     def div(x: Tensor, y: Any) -> Tensor:
         return torch.div(x, y)
@@ -331,6 +339,11 @@ class _ForeachOps:
         torch._foreach_add_(x, y)
 
     @staticmethod
+    def axpb_(x, a: float, b: float) -> None:
+        torch._foreach_mul_(x, a)
+        torch._foreach_add_(x, b)
+
+    @staticmethod
     def div(x, y):
         return torch._foreach_div(x, _each(y))
 
@@ -444,6 +457,10 @@ class _FusedOps(_TensorOps):
     @staticmethod
     def scale_add_(x: Tensor, a: Any, y: Tensor) -> None:
         x.copy_(x * a + y)
+
+    @staticmethod
+    def axpb_(x: Tensor, a: Any, b: Any) -> None:
+        x.copy_(x * a + b)
 
     @staticmethod
     def addcdiv_(x: Tensor, a: Tensor, b: Tensor, value: Any) -> None:
@@ -639,6 +656,14 @@ class ArenaOps(_TensorOps):
 
     def __init__(self, arena: Arena) -> None:
         self.arena = arena
+        self.consts: dict[tuple, Tensor] = {}  # 0-d step constants (one ops object per step)
+
+    def _const(self, value: float, like: Tensor) -> Tensor:
+        key = (value, like.dtype)
+        t = self.consts.get(key)
+        if t is None:
+            t = self.consts[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        return t
 
     def _out(self, x: Tensor, y: Any = None) -> Tensor:
         shape = x.shape
@@ -851,8 +876,7 @@ def moment(ops, m: TensorLike, g: TensorLike, cfg: AutoSGMConfig, sc: StepScalar
             ops.div_(d, sc.root_moment_debias, sc.inv_root)
         ops.add_(d, cfg.eps)
     elif cfg.debias:
-        ops.mul_(d, sc.denom_scale)
-        ops.add_(d, cfg.eps * sc.debias)
+        ops.axpb_(d, sc.denom_scale, cfg.eps * sc.debias)
     else:
         ops.add_(d, cfg.eps)
     return d
