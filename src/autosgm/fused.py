@@ -19,7 +19,10 @@ the primitives differ. A compiled program is
 A compiled call costs tens of microseconds of Python and guard checks, so tensors of
 :data:`FUSE_ALONE` elements or more go :data:`FUSE_CHUNK` per call, and smaller ones are packed
 into a workspace that rides along with the first call (their state is one flat buffer that each
-``state[name]`` views; weights and gradients are copied in and the weights copied back).
+``state[name]`` views; weights and gradients are copied into flat buffers the layout keeps, and
+the weights copied back). Parameters are passed as cached 1-D aliases, checked each step by data
+pointer. A call costs far more than its guards when the CPU caches are cold (as they are after a
+forward and backward pass): about 0.3 ms on the benchmark machine, against 25 µs in a warm loop.
 """
 
 from __future__ import annotations
