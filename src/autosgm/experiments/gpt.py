@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -165,6 +165,13 @@ class LanguageModelTask(Task):
     """
 
     metrics = ("loss",)
+    #: The quick presets every language-model task shares (a subclass adds its "paper" one).
+    LM_PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": {"steps": 10, "batch_size": 4, "eval_every": 5, "eval_batches": 1, "block_size": 16,
+                 "n_layer": 1, "n_head": 2, "n_embd": 16},
+        "cpu": {"steps": 600, "batch_size": 32, "eval_every": 30, "eval_batches": 4, "block_size": 64,
+                "n_layer": 2, "n_head": 4, "n_embd": 64},
+    }  # fmt: skip
     train_tokens: Any
     val_tokens: Any
     vocab_size: int

@@ -63,10 +63,7 @@ class ShakespeareCharTask(LanguageModelTask):
     summary = "character-level GPT on tiny-shakespeare (download or --data; nanoGPT-style)"
     Settings = LMSettings
     presets = {
-        "tiny": {"steps": 10, "batch_size": 4, "eval_every": 5, "eval_batches": 1, "block_size": 16,
-                 "n_layer": 1, "n_head": 2, "n_embd": 16},
-        "cpu": {"steps": 600, "batch_size": 32, "eval_every": 30, "eval_batches": 4, "block_size": 64,
-                "n_layer": 2, "n_head": 4, "n_embd": 64},
+        **LanguageModelTask.LM_PRESETS,
         "paper": {"steps": 10000, "batch_size": 64, "eval_every": 200, "eval_batches": 20, "block_size": 128,
                   "n_layer": 6, "n_head": 10, "n_embd": 640, "dropout": 0.2},
     }

@@ -140,10 +140,7 @@ class WikiText103Task(LanguageModelTask):
     summary = "GPT on a local WikiText-103 raw directory (--data DIR or $AUTOSGM_WIKITEXT103)"
     Settings = WikiText103Settings
     presets = {
-        "tiny": {"steps": 10, "batch_size": 4, "eval_every": 5, "eval_batches": 1, "block_size": 16,
-                 "n_layer": 1, "n_head": 2, "n_embd": 16},
-        "cpu": {"steps": 600, "batch_size": 32, "eval_every": 30, "eval_batches": 4, "block_size": 64,
-                "n_layer": 2, "n_head": 4, "n_embd": 64},
+        **LanguageModelTask.LM_PRESETS,
         "paper": {"steps": 20000, "batch_size": 64, "eval_every": 500, "eval_batches": 20, "block_size": 128,
                   "n_layer": 12, "n_head": 12, "n_embd": 768},
     }
