@@ -35,7 +35,7 @@ from torch import Tensor
 
 from . import pipeline as P
 from .config import AutoSGMConfig
-from .packing import Pack, chunks_by_size
+from .packing import Pack, chunks_by_size, packable
 
 __all__ = ["FUSE_ALONE", "FUSE_CHUNK", "PACK_LIMIT", "FusedLayout", "fused_kernel", "fused_step"]
 
@@ -154,7 +154,7 @@ class FusedLayout:
         self.eager: list[tuple[int, dict[str, Tensor]]] = []
         large, small = [], []
         for i, w in enumerate(ws):
-            if not (w.is_contiguous() and all(v.is_contiguous() for v in bufs[i].values())):
+            if not packable(w, bufs[i]):
                 self.eager.append((i, bufs[i]))
             else:
                 (large if w.numel() >= FUSE_ALONE else small).append(i)

@@ -29,7 +29,7 @@ from torch import Tensor
 from . import pipeline as P
 from .config import AutoSGMConfig
 
-__all__ = ["ALONE", "PACK_CHUNK", "ARENA_KEEP", "Pack", "CpuLayout", "chunks_by_size", "cpu_step", "pack_scalars"]
+__all__ = ["ALONE", "PACK_CHUNK", "ARENA_KEEP", "Pack", "CpuLayout", "chunks_by_size", "cpu_step", "pack_scalars", "packable"]
 
 #: Tensors with at least this many elements are stepped alone; smaller ones are packed.
 ALONE = 1 << 16
@@ -56,11 +56,12 @@ class Pack:
     name (each ``state[name]`` a view of it), their per-tensor statistics one vector per name.
 
     ``seg`` (each element's tensor index), ``lengths`` (elements per tensor) and ``inv_count``
-    (``1 / max(numel, 1)`` per tensor, in ``dtype``; ``inv_count64`` in float64) exist when there
-    are per-tensor statistics.
+    (``1 / max(numel, 1)`` per tensor, float64) exist when there are per-tensor statistics;
+    ``stage_state`` is the state as the stages see it (per-tensor statistics as
+    :class:`~autosgm.pipeline.PerTensor`).
     """
 
-    __slots__ = ("index", "sizes", "shapes", "numel", "state", "seg", "lengths", "inv_count", "inv_count64")
+    __slots__ = ("index", "sizes", "shapes", "numel", "state", "stage_state", "seg", "lengths", "inv_count")
 
     def __init__(self, index: list[int], ws: list[Tensor], states, per_tensor: set[str], dtype) -> None:
         self.index, self.sizes, self.shapes = index, [w.numel() for w in ws], [w.shape for w in ws]
@@ -74,21 +75,15 @@ class Pack:
             for st, piece, w in zip(states, flat.split(self.sizes), ws):
                 st[name] = piece.view(w.shape)
             self.state[name] = flat
-        self.seg = self.lengths = self.inv_count = self.inv_count64 = None
+        self.seg = self.lengths = self.inv_count = None
+        self.stage_state: dict[str, Any] = self.state
         if per_tensor:
             device = ws[0].device
             self.lengths = P.host_values(self.sizes, torch.int64, device)
             self.seg = torch.repeat_interleave(torch.arange(len(ws), dtype=torch.int32, device=device),
                                                self.lengths, output_size=self.numel)  # fmt: skip
-            inv = [1.0 / max(n, 1) for n in self.sizes]
-            self.inv_count = P.host_values(inv, dtype, device)
-            self.inv_count64 = P.host_values(inv, torch.float64, device)
-
-    def stage_state(self) -> dict[str, Any]:
-        """The state as the stages see it (per-tensor statistics as :class:`~autosgm.pipeline.PerTensor`)."""
-        if self.seg is None:  # (element-wise mode: every buffer is element-wise)
-            return self.state
-        return {k: P.PerTensor(v) if k in P.PER_TENSOR_STATS else v for k, v in self.state.items()}
+            self.inv_count = P.host_values([1.0 / max(n, 1) for n in self.sizes], torch.float64, device)
+            self.stage_state = {k: P.PerTensor(v) if k in per_tensor else v for k, v in self.state.items()}
 
 
 def chunks_by_size(index: list[int], sizes: list[int], limit: int) -> list[list[int]]:
@@ -104,7 +99,8 @@ def chunks_by_size(index: list[int], sizes: list[int], limit: int) -> list[list[
     return chunks
 
 
-def _packable(w: Tensor, bufs: dict[str, Tensor]) -> bool:
+def packable(w: Tensor, bufs: dict[str, Tensor]) -> bool:
+    """Whether ``w`` and its buffers can be viewed flat (all contiguous)."""
     return w.is_contiguous() and all(v.is_contiguous() for v in bufs.values())
 
 
@@ -123,7 +119,7 @@ class CpuLayout:
         self.alone: list[tuple[int, dict[str, Tensor]]] = []
         small = []
         for i, w in enumerate(ws):
-            if w.numel() >= ALONE or not _packable(w, bufs[i]):
+            if w.numel() >= ALONE or not packable(w, bufs[i]):
                 self.alone.append((i, bufs[i]))
             else:
                 small.append(i)
@@ -145,16 +141,7 @@ def cpu_step(layout: CpuLayout, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGM
     ops = P.ArenaOps(arena)
     for i, bufs in layout.alone:
         arena.reset()
-        w, g = ws[i], gs[i]
-        if w.dtype == dtype:
-            P.tensor_step(ops, w, g, bufs, cfg, sc)
-        else:  # float16/bfloat16: stepped in float32, rounded once
-            cw = arena.take(w.shape, dtype)
-            cw.copy_(w)
-            cg = arena.take(g.shape, dtype)
-            cg.copy_(g)
-            P.tensor_step(ops, cw, cg, bufs, cfg, sc)
-            w.copy_(cw)
+        P.update_tensor(ws[i], gs[i], bufs, cfg, sc, ops=ops)
     for pack in layout.packs:
         arena.reset()
         flat_w = arena.take((pack.numel,), dtype)
@@ -163,7 +150,7 @@ def cpu_step(layout: CpuLayout, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGM
         pieces_w = flat_w.split(pack.sizes)
         torch._foreach_copy_(pieces_w, pw)
         torch._foreach_copy_(flat_g.split(pack.sizes), [gs[i].reshape(-1) for i in pack.index])
-        pops = P.PackedArenaOps(arena, pack.seg, pack.lengths, pack.inv_count64) if pack.seg is not None else ops
-        P.tensor_step(pops, flat_w, flat_g, pack.stage_state(), cfg, sc)
+        pops = P.PackedArenaOps(arena, pack.seg, pack.lengths, pack.inv_count) if pack.seg is not None else ops
+        P.tensor_step(pops, flat_w, flat_g, pack.stage_state, cfg, sc)
         torch._foreach_copy_(pw, pieces_w)
     arena.release()

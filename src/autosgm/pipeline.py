@@ -335,13 +335,11 @@ class _ForeachOps:
 
     @staticmethod
     def scale_add_(x, a: float, y) -> None:
+        """``x ← a·x + y`` (``y``: a list or a number)."""
         torch._foreach_mul_(x, a)
         torch._foreach_add_(x, y)
 
-    @staticmethod
-    def axpb_(x, a: float, b: float) -> None:
-        torch._foreach_mul_(x, a)
-        torch._foreach_add_(x, b)
+    axpb_ = scale_add_
 
     @staticmethod
     def div(x, y):
@@ -455,12 +453,10 @@ class _FusedOps(_TensorOps):
         x.add_(a * b * value)
 
     @staticmethod
-    def scale_add_(x: Tensor, a: Any, y: Tensor) -> None:
+    def scale_add_(x: Tensor, a: Any, y: Any) -> None:
         x.copy_(x * a + y)
 
-    @staticmethod
-    def axpb_(x: Tensor, a: Any, b: Any) -> None:
-        x.copy_(x * a + b)
+    axpb_ = scale_add_
 
     @staticmethod
     def addcdiv_(x: Tensor, a: Tensor, b: Tensor, value: Any) -> None:
@@ -580,7 +576,7 @@ class PackedOps(_PerTensorOps, _FusedOps):
     """:data:`FUSED_OPS` on a packed workspace (see :class:`_PerTensorOps`).
 
     ``seg`` gives each element's tensor index and ``inv_count`` is ``1 / max(numel, 1)`` per
-    tensor; a per-tensor quantity is broadcast by indexing with ``seg``, and a mean is a float64
+    tensor (float64); a per-tensor quantity is broadcast by indexing with ``seg``, and a mean is a float64
     segment sum (``index_add``).
     """
 
@@ -771,17 +767,20 @@ def update_tensor(
     cfg: AutoSGMConfig,
     sc: StepScalars,
     record: Callable[..., None] | None = None,
+    ops: Any = None,
 ) -> None:
-    """:func:`tensor_step` on one tensor with :data:`TENSOR_OPS` (the reference path).
+    """:func:`tensor_step` on one tensor with ``ops`` (default :data:`TENSOR_OPS`: the reference
+    path; :class:`ArenaOps` on the CPU multi-tensor path).
 
     A float16/bfloat16 parameter is stepped in float32 (its state's dtype) and rounded once.
     """
+    ops = TENSOR_OPS if ops is None else ops
     dtype = state_dtype(w.dtype)
     if dtype == w.dtype:
-        tensor_step(TENSOR_OPS, w, grad, state, cfg, sc, record)
+        tensor_step(ops, w, grad, state, cfg, sc, record)
     else:
         cw = w.to(dtype)
-        tensor_step(TENSOR_OPS, cw, grad.to(dtype), state, cfg, sc, record)
+        tensor_step(ops, cw, grad.to(dtype), state, cfg, sc, record)
         w.copy_(cw)
 
 
