@@ -454,6 +454,62 @@ def test_fused_matches_the_reference_and_never_recompiles_for_lr_window_or_step(
     assert worst <= 1e-6, (worst, where)
 
 
+def _strided_grads(params: list[nn.Parameter], seed: int) -> None:
+    """Gradients that are not contiguous: a strided 1-D view, a transposed matrix."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        if p.dim() == 1:
+            p.grad = torch.randn(2 * p.numel(), generator=gen)[::2]
+        else:
+            p.grad = torch.randn(tuple(reversed(p.shape)), generator=gen).t()
+
+
+def test_fused_cpu_calls_its_programs_directly_and_keeps_torch_semantics():
+    """On the CPU each kind of call is compiled once on stand-ins and then called directly. Its
+    inputs: strided and transposed gradients (made contiguous), weights whose version counters
+    move as with an in-place op; a parameter that changes size is refused."""
+    from autosgm import fused
+
+    def params():
+        gen = torch.Generator().manual_seed(3)
+        return [nn.Parameter(torch.randn(s, generator=gen)) for s in [(FUSE_ALONE + 7,), (300, 250), (6,), (5, 2)]]
+
+    runs = []
+    for path in (dict(fused=True), dict(foreach=False)):
+        ps = params()
+        opt = AutoSGM(ps, lr=1e-2, gamma=0.2, **path)
+        versions = [p._version for p in ps]
+        for k in range(4):
+            _strided_grads(ps, k)
+            opt.step()
+        assert all(p._version > v for p, v in zip(ps, versions))
+        runs.append(([ps], opt))
+    worst, where = worst_difference(*runs)
+    assert worst <= 1e-6, (worst, where)
+    kernels = [k for k in fused._KERNELS.values() if k.kinds]
+    assert kernels and all(isinstance(d, fused._Direct) for k in kernels for d in k.kinds.values())
+
+    ps, opt = runs[0][0][0], runs[0][1]
+    ps[0].data = torch.zeros(FUSE_ALONE + 9)
+    ps[0].grad = torch.zeros(FUSE_ALONE + 9)
+    with pytest.raises(RuntimeError, match="changed size"):
+        opt.step()
+
+
+def test_fused_without_direct_calls_goes_through_torch_compile(monkeypatch):
+    """The form of other devices (and of a torch without the expected inductor program): every
+    call through ``torch.compile`` and its guards; the same results."""
+    from autosgm import fused
+
+    monkeypatch.setattr(fused, "DIRECT_CALLS", False)
+    monkeypatch.setattr(fused, "_KERNELS", {})
+    ref = run(CASES["parcor-markov-tensor"], dict(foreach=False), dtype=torch.float32, large=True)
+    got = run(CASES["parcor-markov-tensor"], dict(fused=True), dtype=torch.float32, large=True)
+    worst, where = worst_difference(got, ref)
+    assert worst <= 1e-6, (worst, where)
+    assert all(d is None for k in fused._KERNELS.values() for d in k.kinds.values())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_fused_equals_single_tensor(name):
