@@ -184,3 +184,18 @@ def test_fused_path_packs_a_group_that_starts_with_an_empty_tensor():
         ref_opt.step()
     for p, q in zip(params, ref):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("y", ["list", "packed", "number"])
+def test_foreach_add_scales_every_kind_of_operand(y):
+    """``FOREACH_OPS.add(xs, y, alpha)`` is ``x + alpha·y`` for a list, a packed per-tensor vector
+    (entry i for tensor i) and a number, as the reference's ``add``."""
+    from autosgm.pipeline import FOREACH_OPS, TENSOR_OPS
+
+    xs = [torch.randn(3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)]
+    ys = {"list": [torch.randn(3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)],
+          "packed": torch.tensor([0.5, -2.0], dtype=torch.float64), "number": 1.5}[y]  # fmt: skip
+    got = FOREACH_OPS.add(xs, ys, alpha=-4.0)
+    for i, (x, out) in enumerate(zip(xs, got)):
+        yi = ys[i] if y != "number" else ys
+        assert torch.equal(out, TENSOR_OPS.add(x, yi, alpha=-4.0))

@@ -303,7 +303,9 @@ class _ForeachOps:
             return torch.add(x, y, alpha=alpha)
         if isinstance(y, (list, tuple)):
             return torch._foreach_add(x, y, alpha=alpha)
-        return torch._foreach_add(x, _each(y))
+        if isinstance(y, Tensor):
+            return torch._foreach_add(x, _each(y), alpha=alpha)
+        return torch._foreach_add(x, y * alpha)
 
     @staticmethod
     def add_(x, y, alpha: float = 1.0) -> None:
@@ -936,12 +938,9 @@ def numerator(
                 else:
                     ops.mul_(dev, dev)
                     _ema_(ops, var, dev, ba)
-                spread = ops.sqrt(var)
-                ops.mul_(spread, ROBUST_K)
-                hi = ops.add(mean, spread)
-                ops.neg_(spread)
-                ops.add_(spread, mean)  # E[x] − k sd
-                ops.clip_(x, spread, hi)
+                sd = ops.sqrt(var)
+                lo = ops.add(mean, sd, alpha=-ROBUST_K)  # E[x] − k sd (k sd is exact: k = 4)
+                ops.clip_(x, lo, ops.add(mean, sd, alpha=ROBUST_K))
             ops.scale_add_(c, bn, x)  # c ← β_n c + x
         a = ops.abs(c)
         if "num_w2" in st:  # E[w²] ← β_n E[w²] + (1 − β_n) w²
