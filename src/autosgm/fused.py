@@ -221,6 +221,8 @@ class _Direct:
         CompiledFxGraph.__call__ = spy
         try:
             compiled(s_ws, s_gs, s_states, s_scalars, s_seg, s_inv)
+        except Exception:  # e.g. a size specialized after all: the guarded form will do
+            return None
         finally:
             CompiledFxGraph.__call__ = call
         if len(seen) != 1 or seen[0][2]:  # one program, whose mutations are its own
