@@ -236,7 +236,7 @@ class _Direct:
             plan.append(role)
         return cls(graph, plan)
 
-    def bind(self, call: "_Call", ws: list[Tensor], states: list[dict], scalars_like: Tensor) -> "_Bound":
+    def bind(self, call: "_Call", ws: list[Tensor], states: list[dict]) -> "_Bound":
         """The inputs of this program for ``call`` (states, sizes) with slots for each step's
         weights, gradients and scalars."""
         template: list[Any] = []
@@ -390,7 +390,7 @@ def _run(layout: FusedLayout, c: _Call, kernel: _Kernel, wl: list[Tensor], gl: l
         kernel(wl, gl, c.states, scalars, seg, inv_count)
         return
     if c.bound is None or c.bound.direct is not direct:
-        c.bound = direct.bind(c, wl, c.states, scalars)
+        c.bound = direct.bind(c, wl, c.states)
     c.bound(wl, gl, scalars)
 
 

@@ -251,6 +251,8 @@ class _TensorOps:
     @staticmethod
     def mean(x: Tensor) -> Tensor:
         """Per-tensor mean."""
+        if type(x) is Tensor and x.numel():
+            return torch.mean(x)  # the cascade sum over n, one call
         return _plain(x.sum()) * (1.0 / max(x.numel(), 1))
 
     def mean_abs(self, x: Tensor) -> Tensor:
@@ -521,7 +523,9 @@ class _PerTensorOps:
 
     def add(self, x, y, alpha=1.0):
         if isinstance(x, PerTensor):
-            return PerTensor(x.v + _v(y) * alpha)
+            if isinstance(alpha, Tensor):
+                return PerTensor(x.v + _v(y) * alpha)
+            return PerTensor(torch.add(x.v, _v(y), alpha=alpha))
         return super().add(x, self._e(y), alpha)
 
     def add_(self, x, y, alpha=1.0) -> None:
