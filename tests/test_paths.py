@@ -486,8 +486,8 @@ def test_fused_cpu_calls_its_programs_directly_and_keeps_torch_semantics():
         runs.append(([ps], opt))
     worst, where = worst_difference(*runs)
     assert worst <= 1e-6, (worst, where)
-    kernels = [k for k in fused._KERNELS.values() if k.kinds]
-    assert kernels and all(isinstance(d, fused._Direct) for k in kernels for d in k.kinds.values())
+    kernels = [k for k in fused._KERNELS.values() if k.directs]
+    assert kernels and all(isinstance(d, fused._Direct) for k in kernels for d in k.directs.values())
 
     ps, opt = runs[0][0][0], runs[0][1]
     ps[0].data = torch.zeros(FUSE_ALONE + 9)
@@ -541,7 +541,7 @@ def test_fused_without_direct_calls_goes_through_torch_compile(monkeypatch):
     got = run(CASES["parcor-markov-tensor"], dict(fused=True), dtype=torch.float32, large=True)
     worst, where = worst_difference(got, ref)
     assert worst <= 1e-6, (worst, where)
-    assert all(d is None for k in fused._KERNELS.values() for d in k.kinds.values())
+    assert all(d is None for k in fused._KERNELS.values() for d in k.directs.values())
 
 
 @pytest.mark.slow

@@ -108,33 +108,36 @@ class _Kernel:
 
     Marking the sizes dynamic (instead of ``dynamic=True``, which would also turn the
     configuration's float constants into runtime inputs) gives one compilation per kind of call,
-    whatever the sizes, with the configuration folded into the program. On the CPU each kind is
-    compiled on stand-in tensors and then called directly (:class:`_Direct`); elsewhere, or if
-    that is not possible, every call goes through ``torch.compile``'s guards.
+    whatever the sizes, with the configuration folded into the program. On the CPU, for plain
+    tensors, each kind is compiled on stand-in tensors and then called directly (:meth:`direct`);
+    otherwise every call goes through ``torch.compile``'s guards (:meth:`__call__`).
     """
 
     def __init__(self, compiled: Callable[..., None]) -> None:
         self.compiled = compiled
-        self.kinds: dict[tuple, _Direct | None] = {}
+        self.kinds: set[tuple] = set()  # kinds called through torch.compile
+        self.directs: dict[tuple, _Direct | None] = {}
 
     def direct(self, ws: list[Tensor], gs: list[Tensor], states: list[dict], scalars: Tensor,
                seg: Tensor | None, inv_count: Tensor | None, per_tensor: set[str]) -> "_Direct | None":  # fmt: skip
         """The direct form of this kind of call (None: call through ``torch.compile``)."""
         kind = (len(ws), seg is None)
-        if kind not in self.kinds:
-            direct = None
+        if kind not in self.directs:
+            self.directs[kind] = None
             if DIRECT_CALLS and ws[0].device.type == "cpu":
-                direct = _Direct.capture(self.compiled, ws, gs, states, scalars, seg, inv_count, per_tensor)
-            self.kinds[kind] = direct
-            if direct is None:
-                for t in (*ws, *gs, seg, inv_count, *(v for st in states for v in st.values())):
-                    if t is not None:
-                        for dim in range(t.dim()):
-                            torch._dynamo.maybe_mark_dynamic(t, dim)
-        return self.kinds[kind]
+                self.directs[kind] = _Direct.capture(self.compiled, ws, gs, states, scalars, seg, inv_count,
+                                                     per_tensor)  # fmt: skip
+        return self.directs[kind]
 
     def __call__(self, ws: list[Tensor], gs: list[Tensor], states: list[dict], scalars: Tensor,
                  seg: Tensor | None = None, inv_count: Tensor | None = None) -> None:  # fmt: skip
+        kind = (len(ws), seg is None)
+        if kind not in self.kinds:
+            self.kinds.add(kind)
+            for t in (*ws, *gs, seg, inv_count, *(v for st in states for v in st.values())):
+                if t is not None:
+                    for dim in range(t.dim()):
+                        torch._dynamo.maybe_mark_dynamic(t, dim)
         self.compiled(ws, gs, states, scalars, seg, inv_count)
 
 
@@ -319,6 +322,7 @@ class FusedLayout:
         ws = [torch.view_as_real(p) if torch.is_complex(p) else p for p in params]
         self.per_tensor = per_tensor
         self.numels = [w.numel() for w in ws]
+        self.plain = all(type(w.data) is Tensor for w in ws)  # (not DTensor shards: no direct calls)
         bufs = [{k: v for k, v in st.items() if k != "step"} for st in states]
         self.eager: list[tuple[int, dict[str, Tensor]]] = []
         large, small = [], []
@@ -385,7 +389,7 @@ def _flat(g: Tensor) -> Tensor:
 def _run(layout: FusedLayout, c: _Call, kernel: _Kernel, wl: list[Tensor], gl: list[Tensor], scalars: Tensor,
          seg: Tensor | None = None, inv_count: Tensor | None = None) -> None:  # fmt: skip
     """Call ``kernel`` for ``c``: directly where it can be (:class:`_Direct`), else compiled."""
-    direct = kernel.direct(wl, gl, c.states, scalars, seg, inv_count, layout.per_tensor)
+    direct = kernel.direct(wl, gl, c.states, scalars, seg, inv_count, layout.per_tensor) if layout.plain else None
     if direct is None:
         kernel(wl, gl, c.states, scalars, seg, inv_count)
         return
