@@ -588,15 +588,17 @@ class _Bucket:
             return
         buffers = {k: pack_scalars(states, k) if k in per_tensor else [st[k] for st in states] for k in names}
         # the stage chain runs on a few tensors at a time, so that what one pass writes the next
-        # reads from cache; sub-lists are larger for a chain without temporaries (fewer calls)
-        chunk = FOREACH_CHUNK if cfg.normalize or cfg.numerator != "unity" else FOREACH_CHUNK_PLAIN
+        # reads from cache; sub-lists are larger for a chain of two passes (fewer calls)
+        short = not cfg.normalize and cfg.numerator == "unity" and cfg.gamma == 0.0
+        chunk = FOREACH_CHUNK_PLAIN if short else FOREACH_CHUNK
         self.chunks = []
         for sl in _slices_by_size([p.numel() for p in params], chunk):
             self.chunks.append((sl, {k: v[sl] for k, v in buffers.items()}))
 
 
 #: Elements per sub-list of the multi-tensor path (a larger tensor forms a sub-list of its own);
-#: ``FOREACH_CHUNK_PLAIN`` for a chain without temporaries (heavy ball, Nesterov, SGD).
+#: ``FOREACH_CHUNK_PLAIN`` for a chain of two passes (heavy ball, SGD: filter, then step; Nesterov's
+#: three passes read the gradient and the weights twice and gain from the smaller sub-lists).
 FOREACH_CHUNK = 1 << 18
 FOREACH_CHUNK_PLAIN = 1 << 20
 #: Whether the multi-tensor path on the CPU steps a numerator's chain tensor by tensor and pack by
