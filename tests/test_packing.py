@@ -199,3 +199,32 @@ def test_foreach_add_scales_every_kind_of_operand(y):
     for i, (x, out) in enumerate(zip(xs, got)):
         yi = ys[i] if y != "number" else ys
         assert torch.equal(out, TENSOR_OPS.add(x, yi, alpha=-4.0))
+
+
+@given(value=st.floats(-1e3, 1e3, allow_nan=False).filter(lambda v: abs(v) > 1e-6),
+       dtype=st.sampled_from([torch.float32, torch.float64]), n=st.integers(1, 4), seed=st.integers(0, 99))  # fmt: skip
+@settings(max_examples=40, deadline=None)
+def test_foreach_number_operands_give_the_reference_bits(value, dtype, n, seed):
+    """On the CPU a number operand of a list op becomes one 0-d tensor of the list's dtype
+    (torch wraps a number per element otherwise): the results equal the single-tensor ops', bit
+    for bit."""
+    from autosgm.pipeline import FOREACH_OPS, TENSOR_OPS
+
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(k + 3, generator=gen, dtype=dtype) for k in range(n)]
+    outs = {"add": FOREACH_OPS.add(xs, value, alpha=0.5), "sub": FOREACH_OPS.sub(xs, value),
+            "mul": FOREACH_OPS.mul(xs, value), "div": FOREACH_OPS.div(xs, value)}  # fmt: skip
+    inplace = {name: [x.clone() for x in xs] for name in ("add_", "mul_", "div_", "scale_add_")}
+    FOREACH_OPS.add_(inplace["add_"], value, alpha=0.5)
+    FOREACH_OPS.mul_(inplace["mul_"], value)
+    FOREACH_OPS.div_(inplace["div_"], value)
+    FOREACH_OPS.scale_add_(inplace["scale_add_"], value, 0.25)
+    for i, x in enumerate(xs):
+        assert torch.equal(outs["add"][i], TENSOR_OPS.add(x, value, alpha=0.5))
+        assert torch.equal(outs["sub"][i], torch.sub(x, value))
+        assert torch.equal(outs["mul"][i], torch.mul(x, value))
+        assert torch.equal(outs["div"][i], torch.div(x, value))
+        assert torch.equal(inplace["add_"][i], x + value * 0.5)
+        assert torch.equal(inplace["mul_"][i], x * value)
+        assert torch.equal(inplace["div_"][i], x / value)
+        assert torch.equal(inplace["scale_add_"][i], x * value + 0.25)
