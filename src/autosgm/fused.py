@@ -239,9 +239,9 @@ class _Direct:
             plan.append(role)
         return cls(graph, plan)
 
-    def bind(self, call: "_Call", ws: list[Tensor], states: list[dict]) -> "_Bound":
-        """The inputs of this program for ``call`` (states, sizes) with slots for each step's
-        weights, gradients and scalars."""
+    def bind(self, call: "_Call", ws: list[Tensor]) -> "_Bound":
+        """The inputs of this program for ``call`` (its states, the sizes of ``ws``) with slots
+        for each step's weights, gradients and scalars."""
         template: list[Any] = []
         w_pos, g_pos, sc_pos = [], [], []
         pack = call.pack
@@ -255,7 +255,7 @@ class _Direct:
             elif kind == "scalars":
                 sc_pos.append(i)
             elif kind == "state":
-                value = states[role[1]][role[2]]
+                value = call.states[role[1]][role[2]]
             elif kind == "numel":
                 value = ws[role[1]].numel()
             elif kind == "packed":
@@ -318,11 +318,11 @@ class FusedLayout:
     """
 
     def __init__(self, params: list[Tensor], states: list[dict[str, Any]], per_tensor: set[str],
-                 dtype: torch.dtype) -> None:  # fmt: skip
+                 dtype: torch.dtype, plain: bool = True) -> None:  # fmt: skip
         ws = [torch.view_as_real(p) if torch.is_complex(p) else p for p in params]
         self.per_tensor = per_tensor
         self.numels = [w.numel() for w in ws]
-        self.plain = all(type(w.data) is Tensor for w in ws)  # (not DTensor shards: no direct calls)
+        self.plain = plain  # plain tensors (not DTensor shards): direct calls allowed
         bufs = [{k: v for k, v in st.items() if k != "step"} for st in states]
         self.eager: list[tuple[int, dict[str, Tensor]]] = []
         large, small = [], []
@@ -394,7 +394,7 @@ def _run(layout: FusedLayout, c: _Call, kernel: _Kernel, wl: list[Tensor], gl: l
         kernel(wl, gl, c.states, scalars, seg, inv_count)
         return
     if c.bound is None or c.bound.direct is not direct:
-        c.bound = direct.bind(c, wl, c.states)
+        c.bound = direct.bind(c, wl)
     c.bound(wl, gl, scalars)
 
 

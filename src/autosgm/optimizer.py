@@ -579,10 +579,10 @@ class _Bucket:
         names = [k for k in states[0] if k != "step"]
         per_tensor = {k for k in names if cfg.numerator_mode == "tensor" and k in P.PER_TENSOR_STATS}
         self.chunks = self.layout = self.cpu = None
-        if fused:
-            self.layout = FusedLayout(params, states, per_tensor, self.dtype)
-            return
         plain = all(type(p.data) is torch.Tensor for p in params)  # (not DTensor shards)
+        if fused:
+            self.layout = FusedLayout(params, states, per_tensor, self.dtype, plain)
+            return
         if params[0].device.type == "cpu" and CPU_LAYOUT and cfg.numerator != "unity" and plain:
             self.cpu = CpuLayout(params, states, per_tensor, self.dtype)
             return

@@ -314,22 +314,18 @@ class _ForeachOps:
     def add(x, y, alpha: float = 1.0):
         if isinstance(x, Tensor):
             return torch.add(x, y, alpha=alpha)
-        if isinstance(y, (list, tuple)):
-            return torch._foreach_add(x, y, alpha=alpha)
-        if isinstance(y, Tensor):
-            return torch._foreach_add(x, _each(y), alpha=alpha)
-        return torch._foreach_add(x, _each(y * alpha, x))
+        if isinstance(y, (int, float)):  # (torch's number overload takes no alpha)
+            return torch._foreach_add(x, _each(y * alpha, x))
+        return torch._foreach_add(x, _each(y), alpha=alpha)  # a list, or a packed vector
 
     @staticmethod
     def add_(x, y, alpha: float = 1.0) -> None:
         if isinstance(x, Tensor):
             x.add_(y, alpha=alpha)
-        elif isinstance(y, (list, tuple)):
-            torch._foreach_add_(x, y, alpha=alpha)
-        elif isinstance(y, Tensor):
-            torch._foreach_add_(x, _each(y), alpha=alpha)
-        else:
+        elif isinstance(y, (int, float)):
             torch._foreach_add_(x, _each(y * alpha, x))
+        else:
+            torch._foreach_add_(x, _each(y), alpha=alpha)  # a list, or a packed vector
 
     @staticmethod
     def sub(x, y):
