@@ -139,12 +139,30 @@ def state_bytes_per_element(opt: torch.optim.Optimizer, numel: int) -> float:
     return total / numel
 
 
+def prime_allocator(nbytes: int = 24 << 20) -> None:
+    """Free one large host block, as a training loop's first step frees its activations.
+
+    glibc's ``malloc`` serves a request above its mmap threshold (128 KiB at start) with fresh
+    pages from the kernel, which must be mapped and zeroed on first touch; when such a block is
+    freed it raises the threshold to the block's size (up to 32 MiB) and the trim threshold to
+    twice that. From then on the temporaries of torch's multi-tensor kernels come from reused heap
+    memory. Without this the time of ``Adam(foreach=True)`` depends on what the process freed
+    before (on the MLP set, 2.1 to 4.7 ms on the same machine).
+    """
+    block = torch.empty(nbytes, dtype=torch.uint8)
+    block.fill_(0)
+    del block
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def run_set(name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace) -> list[Entry]:
+def run_set(name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace,
+            extra: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] | None = None) -> list[Entry]:
+    """Time every optimizer on one parameter set; ``extra`` adds ``name -> (factory, torch
+    reference)`` entries on the multi-tensor path (``floor_parcor.py``'s hand-written chain)."""
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     params = []
@@ -166,6 +184,8 @@ def run_set(name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace) 
             continue
         for path in args.paths:
             entries.append(Entry(cname, path, make(params, **PATH_KWARGS[path]), REFERENCE[cname], []))
+    for cname, (make, ref) in (extra or {}).items():
+        entries.append(Entry(cname, "foreach", make(params), ref, []))
 
     # Every optimizer steps the same tensors with the same gradients, and torch's
     # SGD(nesterov=True, foreach=True) adds its momentum buffer into the gradients in place, so
@@ -221,7 +241,7 @@ def table(name: str, entries: list[Entry]) -> str:
         ratio = ""
         if e.reference is not None and (e.reference, e.path) in by_key:
             ratio = f"{median_ms(e) / median_ms(by_key[(e.reference, e.path)]):.2f}× {e.reference}"
-        label = e.name if e.name.startswith("torch") else f"AutoSGM {e.name}"
+        label = e.name if e.name.startswith(("torch", "floor")) else f"AutoSGM {e.name}"
         lines.append(
             f"| {label} | {e.path} | {median_ms(e):.2f} | {ratio} | {e.state_bytes:.2f} | {e.first_step_s:.2f} |"
         )
@@ -239,7 +259,8 @@ def target_lines(name: str, entries: list[Entry]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None,
+         extra: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sets")
@@ -248,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paths", default="single,foreach,fused", help="comma-separated AutoSGM/torch paths")
     parser.add_argument("--configs", default="", help="comma-separated AutoSGM configurations (default all)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-prime", dest="prime", action="store_false",
+                        help="do not free a large block first (see prime_allocator)")
     parser.add_argument("--cold-cache", action="store_true",
                         help="compile into a fresh inductor cache, so 'first step s' is a cold compilation")  # fmt: skip
     args = parser.parse_args(argv)
@@ -262,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unknown set {s!r}; expected some of {', '.join(SETS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.prime and args.device == "cpu":
+        prime_allocator()
     if args.cold_cache:
         import tempfile
 
@@ -274,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     targets = []
     for s in sets:
         reps = args.reps or {"mlp": 60, "transformer": 12, "small": 30}[s] // (3 if args.quick else 1)
-        entries = run_set(s, SETS[s](args.quick), argparse.Namespace(**{**vars(args), "reps": reps}))
+        entries = run_set(s, SETS[s](args.quick), argparse.Namespace(**{**vars(args), "reps": reps}), extra)
         print(f"median of {reps} interleaved repetitions\n")
         print(table(s, entries), flush=True)
         targets += target_lines(s, entries)
