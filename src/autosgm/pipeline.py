@@ -198,6 +198,11 @@ class _TensorOps:
         return torch.div(x, y)
 
     @staticmethod
+    def div_over(x: Tensor, y: Tensor) -> Tensor:
+        """``x / y``, written over ``y`` (which is spent)."""
+        return torch.div(x, y, out=y) if type(y) is Tensor else torch.div(x, y)
+
+    @staticmethod
     def div_(x: Tensor, y: Any, reciprocal: Any = None) -> None:
         x.div_(y)
 
@@ -267,6 +272,10 @@ class _TensorOps:
     def mean_sq(x: Tensor) -> Tensor:
         """Per-tensor mean of ``x²``."""
         return _plain(torch.linalg.vector_norm(x, 2)).square() * (1.0 / max(x.numel(), 1))
+
+    def mean_sq_dev(self, x: Tensor, m: Any) -> Tensor:
+        """Per-tensor mean of ``(x − m)²``."""
+        return self.mean_sq(self.sub(x, m))
 
 
 def _plain(reduced: Tensor) -> Tensor:
@@ -358,6 +367,8 @@ class _ForeachOps:
     def div(x, y):
         return torch._foreach_div(x, _each(y, x))
 
+    div_over = div  # (a list op has no form that writes over its divisor)
+
     @staticmethod
     def div_(x, y, reciprocal: Any = None) -> None:
         torch._foreach_div_(x, _each(y, x))
@@ -439,6 +450,11 @@ class _ForeachOps:
         """Per-tensor means of ``x²``, packed, from one ``_foreach_norm`` call."""
         return torch.stack([_plain(n) for n in torch._foreach_norm(x, 2)]).square() * cls._inv_numel(x)
 
+    @classmethod
+    def mean_sq_dev(cls, x, m) -> Tensor:
+        """Per-tensor means of ``(x − m)²``, packed."""
+        return cls.mean_sq(cls.sub(x, m))
+
 
 class _FusedOps(_TensorOps):
     """Stage primitives on one tensor inside ``torch.compile``; any scalar may be a 0-d tensor.
@@ -454,6 +470,10 @@ class _FusedOps(_TensorOps):
     @staticmethod
     def add_(x: Tensor, y: Any, alpha: Any = 1.0) -> None:
         x.add_(y * alpha)
+
+    @staticmethod
+    def div_over(x: Tensor, y: Tensor) -> Tensor:
+        return x / y  # (inductor plans the buffers)
 
     @staticmethod
     def div_(x: Tensor, y: Any, reciprocal: Any = None) -> None:
@@ -641,6 +661,16 @@ class Arena:
         piece = self.pieces[key] = buf[start : start + n].view(shape)
         return piece
 
+    def mark(self) -> dict[torch.dtype, int]:
+        """The pieces handed out so far (for :meth:`rewind`)."""
+        return dict(self.used)
+
+    def rewind(self, mark: dict[torch.dtype, int]) -> None:
+        """Take back the pieces handed out since ``mark``; later requests reuse their memory."""
+        for dtype, n in self.used.items():
+            self.need[dtype] = max(self.need.get(dtype, 0), n)
+        self.used = mark
+
     def reset(self) -> None:
         for dtype, n in self.used.items():
             self.need[dtype] = max(self.need.get(dtype, 0), n)
@@ -706,6 +736,19 @@ class ArenaOps(_TensorOps):
     def minimum(self, x, y: float):
         return torch.clamp_max(x, y, out=self._out(x))
 
+    # a reduction's own temporaries (|x|, x − m) go back to the arena once it is reduced
+    def mean_abs(self, x):
+        mark = self.arena.mark()
+        out = super().mean_abs(x)
+        self.arena.rewind(mark)
+        return out
+
+    def mean_sq_dev(self, x, m):
+        mark = self.arena.mark()
+        out = super().mean_sq_dev(x, m)
+        self.arena.rewind(mark)
+        return out
+
 
 class PackedArenaOps(_PerTensorOps, ArenaOps):
     """:class:`ArenaOps` on a packed workspace (see :class:`_PerTensorOps`).
@@ -718,6 +761,8 @@ class PackedArenaOps(_PerTensorOps, ArenaOps):
     def __init__(self, arena: Arena, seg: Tensor, lengths: Tensor, inv_count: Tensor) -> None:
         super().__init__(arena)
         self.seg, self.lengths, self.inv_count = seg, lengths, inv_count
+
+    mean_abs = ArenaOps.mean_abs  # (before _PerTensorOps's: the same mean, with the rewind)
 
     def _e(self, y: Any) -> Any:
         if not isinstance(y, PerTensor):
@@ -766,7 +811,10 @@ def tensor_step(
         # the numerator needs v̂/d = v/(S d): fold S into the denominator, d̃ = S d
         d = moment(ops, state["moment"], g, cfg, sc, scaled=True)
         v = form(ops, v)
-        vbar = ops.div(v, d)  # v̄ = v̂ / d
+        if record is None and cfg.numerator != "corr":  # d is not read again
+            vbar, d = ops.div_over(v, d), None  # v̄ = v̂ / d, written over d
+        else:
+            vbar = ops.div(v, d)
         S = sc.debias if cfg.debias else 1.0
         a = numerator(ops, state, w, g, vbar, d, cfg, S)  # a ≈ E[w v̄] ...
         if record is not None:
@@ -907,13 +955,14 @@ def numerator(
     w: TensorLike,
     g: TensorLike,
     vbar: TensorLike,
-    d: TensorLike,
+    d: TensorLike | None,
     cfg: AutoSGMConfig,
     debias: Any = 1.0,
 ) -> Any:
     """Learning-rate numerator ``a[t]`` (spec §4); ``None`` for ``unity`` (a = 1).
 
-    ``x = w · v̄`` with ``v̄ = v̂ / d``; ``d`` here is ``S·d`` (``S = debias``). Partial
+    ``x = w · v̄`` with ``v̄ = v̂ / d``; ``d`` here is ``S·d`` (``S = debias``; only ``corr``
+    reads it). Partial
     correlation: ``c ← β_n c + x`` and ``a = min(|c|, cap)`` with cap 1 (``parcor-bounded``) or
     ``1 + E[w²]`` (codes 2-4); the Markov prefilter replaces ``x`` by ``sign(x)·min(|x|, k E|x|)``,
     the Chebyshev prefilter clips ``x`` to ``E[x] ± k sd(x)`` (k = 4, statistics with pole β_a).
@@ -945,10 +994,10 @@ def numerator(
             if "num_xmean" in st:  # Chebyshev: clip(x, E[x] ± k sd(x))
                 mean, var = st["num_xmean"], st["num_xvar"]
                 _ema_(ops, mean, ops.mean(x) if per_tensor else x, ba)
-                dev = ops.sub(x, mean)
                 if per_tensor:
-                    _ema_(ops, var, ops.mean_sq(dev), ba)
+                    _ema_(ops, var, ops.mean_sq_dev(x, mean), ba)
                 else:
+                    dev = ops.sub(x, mean)
                     ops.mul_(dev, dev)
                     _ema_(ops, var, dev, ba)
                 sd = ops.sqrt(var)
