@@ -1,8 +1,8 @@
 """The CPU multi-tensor path's workspace (:class:`autosgm.pipeline.Arena`) and layout.
 
 The path must give the reference's results (``test_paths.py`` checks that for every configuration);
-here: the workspace hands out pieces that never overlap within a step, stops allocating after the
-first step, is dropped after each step when it is larger than ``ARENA_KEEP``, and the plan steps
+here: the workspace hands out pieces that never overlap within a step (a rewind takes back a
+reduction's temporaries), stops allocating after the first step, is dropped after each step when it is larger than ``ARENA_KEEP``, and the plan steps
 large and non-contiguous tensors alone and packs the rest.
 """
 
@@ -48,6 +48,24 @@ def test_arena_pieces_never_overlap_and_second_pass_reuses_the_buffer(cycles, dt
                 buf = arena.bufs[dtypes[i]]
                 lo, hi = _span(buf)
                 assert lo <= t.data_ptr() and _span(t)[1] <= hi
+        arena.reset()
+
+
+@given(before=shapes, scratch=shapes, after=shapes)
+@settings(max_examples=60, deadline=None)
+def test_arena_rewind_reuses_memory_and_keeps_the_peak(before, scratch, after):
+    arena = Arena(torch.device("cpu"), keep=1 << 30)
+    for rep in range(2):  # the second time every piece comes from the grown buffer
+        live = [arena.take(s, torch.float32) for s in before]
+        mark = arena.mark()
+        dead = [arena.take(s, torch.float32) for s in scratch]
+        arena.rewind(mark)
+        live += [arena.take(s, torch.float32) for s in after]
+        spans = sorted(_span(t) for t in live if t.numel())
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # the live pieces are disjoint
+        if rep == 1:
+            lo, hi = _span(arena.bufs[torch.float32]) if torch.float32 in arena.bufs else (0, 0)
+            assert all(lo <= t.data_ptr() and _span(t)[1] <= hi for t in live + dead if t.numel())
         arena.reset()
 
 
