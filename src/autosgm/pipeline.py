@@ -643,22 +643,23 @@ class Arena:
         self.bufs: dict[torch.dtype, Tensor] = {}
         self.used: dict[torch.dtype, int] = {}
         self.need: dict[torch.dtype, int] = {}
-        # the pieces handed out, by (dtype, start, shape): a step asks for the same ones each time
-        self.pieces: dict[tuple, Tensor] = {}
+        # the pieces handed out (with where the next one starts), by (dtype, start, shape): a step
+        # asks for the same ones each time
+        self.pieces: dict[tuple, tuple[Tensor, int]] = {}
 
     def take(self, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
         start = self.used.get(dtype, 0)
-        key = (dtype, start, shape)
-        piece = self.pieces.get(key)
-        if piece is not None:
-            self.used[dtype] = start + -(-piece.numel() // self._ALIGN) * self._ALIGN
+        hit = self.pieces.get((dtype, start, shape))
+        if hit is not None:
+            piece, self.used[dtype] = hit
             return piece
         n = math.prod(shape)
-        self.used[dtype] = start + -(-n // self._ALIGN) * self._ALIGN
+        end = self.used[dtype] = start + -(-n // self._ALIGN) * self._ALIGN
         buf = self.bufs.get(dtype)
-        if buf is None or self.used[dtype] > buf.numel():
+        if buf is None or end > buf.numel():
             return torch.empty(shape, dtype=dtype, device=self.device)
-        piece = self.pieces[key] = buf[start : start + n].view(shape)
+        piece = buf[start : start + n].view(shape)
+        self.pieces[(dtype, start, shape)] = (piece, end)
         return piece
 
     def mark(self) -> dict[torch.dtype, int]:
