@@ -184,6 +184,21 @@ def test_loading_other_settings_is_refused():
         other.load_state_dict(opt.state_dict())
 
 
+def test_loading_a_live_state_dict_shares_state_as_torch_does_and_deepcopy_does_not():
+    net, twin = make_net(), make_net()
+    opt = AutoSGM(net.parameters(), numerator="parcor-markov")
+    train(net, opt, 3)
+    shared = AutoSGM(twin.parameters(), numerator="parcor-markov")
+    shared.load_state_dict(opt.state_dict())  # (documented in the README: torch.optim does the same)
+    copied = AutoSGM(twin.parameters(), numerator="parcor-markov")
+    copied.load_state_dict(copy.deepcopy(opt.state_dict()))
+    p, q = next(net.parameters()), next(twin.parameters())
+    assert shared.state[q]["moment"].data_ptr() == opt.state[p]["moment"].data_ptr()
+    before = copied.state[q]["moment"].clone()
+    train(net, opt, 1)
+    assert torch.equal(copied.state[q]["moment"], before)
+
+
 def test_old_state_dict_without_new_settings_loads():
     net = make_net()
     opt = AutoSGM(net.parameters())
