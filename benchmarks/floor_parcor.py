@@ -167,7 +167,11 @@ def check(steps: int = 6) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every other option is bench_step.py's (--sets, --paths, --configs, --reps, --threads, "
+               "--no-prime, ...); the defaults here are --sets mlp,transformer --paths foreach "
+               "--configs adam,parcor-chebyshev.")  # fmt: skip
     parser.add_argument("--small-alone", action="store_true", help="step small tensors one by one")
     args, rest = parser.parse_known_args(argv)
     diff = check()
