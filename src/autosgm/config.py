@@ -147,6 +147,12 @@ class AutoSGMConfig:
         """γ = 0 and η = 1 − β: the filter is an EMA, computed with ``lerp`` as torch's Adam does."""
         return self.gamma == 0.0 and self.eta == 1.0 - self.beta
 
+    @property
+    def filter_state_gain(self) -> float:
+        """``K = η (β − γ) / (1 − β)``: for γ ≠ 0, ``v[t] = η g[t] + K u[t−1]`` with the filter
+        buffer ``u`` (the input's average with the pole)."""
+        return self.eta * (self.beta - self.gamma) / (1.0 - self.beta)
+
     def filter_debias(self, t: int) -> float:
         """Unit-step response ``S[t] = η[(1 − β^t) − γ(1 − β^(t−1))]/(1 − β)`` (1 when off)."""
         if not self.debias:

@@ -439,7 +439,7 @@ class AutoSGM(Optimizer):
             if group.get("state_format", 1) == STATE_FORMAT:
                 continue
             cfg = self.group_config(group)
-            k = cfg.eta * (cfg.beta - cfg.gamma) / (1.0 - cfg.beta) if cfg.gamma != 0.0 else 0.0
+            k = cfg.filter_state_gain if cfg.gamma != 0.0 else 0.0
             if k != 0.0:
                 for p in group["params"]:
                     buf = self.state.get(p, {}).get("filter_state")

@@ -666,15 +666,18 @@ class Arena:
         """The pieces handed out so far (for :meth:`rewind`)."""
         return dict(self.used)
 
-    def rewind(self, mark: dict[torch.dtype, int]) -> None:
-        """Take back the pieces handed out since ``mark``; later requests reuse their memory."""
+    def _keep_peak(self) -> None:
         for dtype, n in self.used.items():
             self.need[dtype] = max(self.need.get(dtype, 0), n)
+
+    def rewind(self, mark: dict[torch.dtype, int]) -> None:
+        """Take back the pieces handed out since ``mark``; later requests reuse their memory."""
+        self._keep_peak()
         self.used = mark
 
     def reset(self) -> None:
-        for dtype, n in self.used.items():
-            self.need[dtype] = max(self.need.get(dtype, 0), n)
+        self._keep_peak()
+        for dtype in self.used:
             buf = self.bufs.get(dtype)
             if buf is None or buf.numel() < self.need[dtype]:
                 self.bufs[dtype] = torch.empty(self.need[dtype], dtype=dtype, device=self.device)
@@ -737,18 +740,18 @@ class ArenaOps(_TensorOps):
     def minimum(self, x, y: float):
         return torch.clamp_max(x, y, out=self._out(x))
 
-    # a reduction's own temporaries (|x|, x − m) go back to the arena once it is reduced
-    def mean_abs(self, x):
+    def _reduced(self, reduction: Callable[..., Any], *args: Any) -> Any:
+        """``reduction(*args)``, whose own temporaries (|x|, x − m) go back to the arena."""
         mark = self.arena.mark()
-        out = super().mean_abs(x)
+        out = reduction(*args)
         self.arena.rewind(mark)
         return out
 
+    def mean_abs(self, x):
+        return self._reduced(super().mean_abs, x)
+
     def mean_sq_dev(self, x, m):
-        mark = self.arena.mark()
-        out = super().mean_sq_dev(x, m)
-        self.arena.rewind(mark)
-        return out
+        return self._reduced(super().mean_sq_dev, x, m)
 
 
 class PackedArenaOps(_PerTensorOps, ArenaOps):
@@ -894,7 +897,7 @@ def lowpass(ops, s: TensorLike | None, g: TensorLike, cfg: AutoSGMConfig) -> Ten
     if s is None:  # β = γ = 0: a pure gain
         return g if eta == 1.0 else ops.mul(g, eta)
     if cfg.gamma != 0.0:
-        return FilterOutput(eta, g, eta * (beta - cfg.gamma) / (1.0 - beta), s)
+        return FilterOutput(eta, g, cfg.filter_state_gain, s)
     if cfg.lerp_filter:
         ops.lerp_(s, g, eta)
     else:
