@@ -51,24 +51,22 @@ class FloorChebyshev(torch.optim.Optimizer):
         small = [p for p in params if not (p.numel() >= ALONE or self.small_alone)]
         dtype, n_max = params[0].dtype, max(p.numel() for p in params)
 
-        def buffers(n: int, shape) -> dict:
+        def buffers(shape) -> dict:
             z = lambda: torch.zeros(shape, dtype=dtype)  # noqa: E731
             return dict(s=z(), m=z(), c=z(), w2=z())
 
-        self.alone = [(p, buffers(p.numel(), p.shape)) for p in big]
+        self.alone = [(p, buffers(p.shape), _Alone(p.numel())) for p in big]
         self.stats = {id(p): torch.zeros(3, dtype=dtype) for p in big}  # mean, var, a
         self.scratch = [torch.empty(max(n_max, sum(p.numel() for p in small)), dtype=dtype) for _ in range(5)]
         self.small = small
         if small:
             sizes = [p.numel() for p in small]
             n = sum(sizes)
-            self.pack = buffers(n, (n,))
+            self.pack = buffers((n,))
             self.sizes = sizes
-            self.lengths = torch.tensor(sizes)
-            self.seg = torch.repeat_interleave(torch.arange(len(small)), self.lengths)
-            self.inv_count = torch.tensor([1.0 / s for s in sizes], dtype=dtype)
+            self.packed = _Packed(sizes, dtype)
             self.pstats = torch.zeros(3, len(small), dtype=dtype)
-        for p, st in self.alone:  # in ``state`` too, so that the table counts its bytes
+        for p, st, _ in self.alone:  # in ``state`` too, so that the table counts its bytes
             self.state[p] = {**st, "stats": self.stats[id(p)]}
         if small:
             for i, (p, *views) in enumerate(zip(small, *(v.split(sizes) for v in self.pack.values()))):
@@ -85,19 +83,20 @@ class FloorChebyshev(torch.optim.Optimizer):
         S, root = 1.0 - b**t, math.sqrt(1.0 - ba**t)
         lr = self.param_groups[0]["lr"]
         eps_s = torch.tensor(eps * S, dtype=params[0].dtype)
-        for p, st in self.alone:
+        for p, st, red in self.alone:
             n = p.numel()
             u, x, y = (buf[:n].view(p.shape) for buf in self.scratch[:3])
-            self._chain(p, p.grad, st, self.stats[id(p)], u, x, y, S / root, eps_s, lr, 1.0 / max(n, 1))
+            self._chain(p, p.grad, st, self.stats[id(p)], u, x, y, S / root, eps_s, lr, red)
         if self.small:
             n = sum(self.sizes)
             fw, fg, u, x, y = (buf[:n] for buf in self.scratch)
             torch._foreach_copy_(fw.split(self.sizes), [p.view(-1) for p in self.small])
             torch._foreach_copy_(fg.split(self.sizes), [p.grad.view(-1) for p in self.small])
-            self._pack_chain(fw, fg, self.pack, self.pstats, u, x, y, S / root, eps_s, lr)
+            self._chain(fw, fg, self.pack, self.pstats, u, x, y, S / root, eps_s, lr, self.packed)
             torch._foreach_copy_([p.view(-1) for p in self.small], fw.split(self.sizes))
 
-    def _chain(self, w, g, st, stats, u, x, y, scale, eps_s, lr, inv_n) -> None:
+    def _chain(self, w, g, st, stats, u, x, y, scale, eps_s, lr, red) -> None:
+        """One step of a tensor (``red``: :class:`_Alone`) or of a pack (:class:`_Packed`)."""
         ba, bn = self.beta_a, self.beta_n
         mean, var, a = stats[0], stats[1], stats[2]
         st["s"].lerp_(g, 1.0 - self.beta)  # v
@@ -106,45 +105,54 @@ class FloorChebyshev(torch.optim.Optimizer):
         torch.add(eps_s, u, alpha=scale, out=u)  # S d
         torch.div(st["s"], u, out=u)  # v̄
         torch.mul(w, u, out=x)  # x = w v̄
-        sx = torch.sum(x)
-        sxx = torch.dot(x.view(-1), x.view(-1))
-        mean.lerp_(sx * inv_n, 1.0 - ba)
-        var.lerp_(((sxx - 2.0 * mean * sx) * inv_n + mean * mean).clamp_min_(0.0), 1.0 - ba)
+        sx, sxx = red.total(x), red.total_sq(x, y)
+        mean.lerp_(sx * red.inv, 1.0 - ba)
+        var.lerp_(((sxx - 2.0 * mean * sx) * red.inv + mean * mean).clamp_min_(0.0), 1.0 - ba)
         sd = var.sqrt()
-        torch.maximum(x, torch.add(mean, sd, alpha=-K), out=x)
-        torch.minimum(x, torch.add(mean, sd, alpha=K), out=x)
+        torch.maximum(x, red.each(torch.add(mean, sd, alpha=-K)), out=x)
+        torch.minimum(x, red.each(torch.add(mean, sd, alpha=K)), out=x)
         torch.add(x, st["c"], alpha=bn, out=st["c"])  # c ← β_n c + x
         st["w2"].mul_(bn).addcmul_(w, w, value=1.0 - bn)
         torch.add(st["w2"], 1.0, out=y)
         torch.abs(st["c"], out=x)
         torch.minimum(x, y, out=x)
-        a.lerp_(torch.sum(x) * inv_n, 0.9)
-        w.addcmul_(u, a, value=-lr)
+        a.lerp_(red.total(x) * red.inv, 0.9)
+        w.addcmul_(u, red.each(a), value=-lr)
 
-    def _pack_chain(self, w, g, st, stats, u, x, y, scale, eps_s, lr) -> None:
-        ba, bn, seg, lengths, inv = self.beta_a, self.beta_n, self.seg, self.lengths, self.inv_count
-        mean, var, a = stats[0], stats[1], stats[2]
-        st["s"].lerp_(g, 1.0 - self.beta)
-        st["m"].mul_(ba).addcmul_(g, g, value=1.0 - ba)
-        torch.sqrt(st["m"], out=u)
-        torch.add(eps_s, u, alpha=scale, out=u)
-        torch.div(st["s"], u, out=u)
-        torch.mul(w, u, out=x)
-        sx = torch.segment_reduce(x, "sum", lengths=lengths)
-        torch.mul(x, x, out=y)
-        sxx = torch.segment_reduce(y, "sum", lengths=lengths)
-        mean.lerp_(sx * inv, 1.0 - ba)
-        var.lerp_(((sxx - 2.0 * mean * sx) * inv + mean * mean).clamp_min_(0.0), 1.0 - ba)
-        sd = var.sqrt()
-        torch.maximum(x, torch.add(mean, sd, alpha=-K)[seg], out=x)
-        torch.minimum(x, torch.add(mean, sd, alpha=K)[seg], out=x)
-        torch.add(x, st["c"], alpha=bn, out=st["c"])
-        st["w2"].mul_(bn).addcmul_(w, w, value=1.0 - bn)
-        torch.add(st["w2"], 1.0, out=y)
-        torch.abs(st["c"], out=x)
-        torch.minimum(x, y, out=x)
-        a.lerp_(torch.segment_reduce(x, "sum", lengths=lengths) * inv, 0.9)
-        w.addcmul_(u, a[seg], value=-lr)
+
+class _Alone:
+    """Per-tensor sums of one tensor (0-d)."""
+
+    def __init__(self, n: int) -> None:
+        self.inv = 1.0 / max(n, 1)
+
+    total = staticmethod(torch.sum)
+
+    @staticmethod
+    def total_sq(x: Tensor, scratch: Tensor) -> Tensor:
+        return torch.dot(x.view(-1), x.view(-1))
+
+    @staticmethod
+    def each(q: Tensor) -> Tensor:
+        return q
+
+
+class _Packed:
+    """Per-tensor sums of a pack (segment sums), broadcast back to the elements by index."""
+
+    def __init__(self, sizes: list[int], dtype: torch.dtype) -> None:
+        self.lengths = torch.tensor(sizes)
+        self.seg = torch.repeat_interleave(torch.arange(len(sizes)), self.lengths)
+        self.inv = torch.tensor([1.0 / s for s in sizes], dtype=dtype)
+
+    def total(self, x: Tensor) -> Tensor:
+        return torch.segment_reduce(x, "sum", lengths=self.lengths)
+
+    def total_sq(self, x: Tensor, scratch: Tensor) -> Tensor:
+        return self.total(torch.mul(x, x, out=scratch))
+
+    def each(self, q: Tensor) -> Tensor:
+        return q[self.seg]
 
 
 def check(steps: int = 6) -> float:
