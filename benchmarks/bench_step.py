@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -66,8 +66,11 @@ SETS: dict[str, Callable[[bool], list[tuple[int, ...]]]] = {
 LR = 1e-4
 
 
-def _autosgm_configs() -> dict[str, Callable[..., torch.optim.Optimizer]]:
-    from autosgm import AutoSGM, Window
+def _autosgm_configs(package: Any = None) -> dict[str, Callable[..., torch.optim.Optimizer]]:
+    """AutoSGM's benchmarked configurations, from ``package`` (default: the imported ``autosgm``)."""
+    if package is None:
+        import autosgm as package
+    AutoSGM, Window = package.AutoSGM, package.Window
 
     cosine = Window(shape="cosine", tau=1, spe=100_000)
     return {

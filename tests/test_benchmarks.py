@@ -47,3 +47,24 @@ def test_bench_step_rejects_unknown_names(bench):
     bench_step, _ = bench
     with pytest.raises(SystemExit):
         bench_step.main(["--sets", "nope"])
+
+
+def test_bench_revision_times_this_tree_beside_a_git_revision(capsys):
+    import shutil
+    import subprocess
+
+    root = BENCH.parent
+    if shutil.which("git") is None or subprocess.run(["git", "rev-parse", "HEAD"], cwd=root,
+                                                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("needs the git repository")
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_revision
+
+        bench_revision.main(["HEAD", "--sets", "mlp", "--paths", "foreach", "--configs", "parcor-markov",
+                             "--reps", "2"])  # fmt: skip
+    finally:
+        sys.path.remove(str(BENCH))
+        sys.modules.pop("autosgm_at_rev", None)
+    out = capsys.readouterr().out
+    assert "| parcor-markov foreach |" in out and "state bytes per element equal to HEAD's: True" in out

@@ -59,11 +59,17 @@ PER_TENSOR = ["parcor-markov-tensor-window", "parcor-chebyshev-tensor", "parcor-
 # model, data, single-process reference
 # ------------------------------------------------------------------------------------------------
 def _net() -> nn.Module:
-    """Layers whose rows do not split evenly over 2 ranks: 16 → 8/8, 3 → 2/1, 1 → 1/0 (empty)."""
+    """Layers whose rows do not split evenly over 2 ranks: 16 → 8/8, 3 → 2/1, 1 → 1/0 (empty);
+    a bias whose first shard is zero and one that is zero (``zero_tensor_start`` looks at the whole
+    tensor, as one process does)."""
     torch.manual_seed(0)
-    return nn.Sequential(
+    net = nn.Sequential(
         nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3), nn.Tanh(), nn.Linear(3, 1)
     ).double()
+    with torch.no_grad():  # zero tensors for the parcor remedy, decided over the whole tensor:
+        net[0].bias[:8] = 0.0  # rank 0's shard all zero, the tensor not
+        net[2].bias.zero_()  # all zero, split 2/1
+    return net
 
 
 def _data(step: int, rank: int | None = None, poison: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,4 +10,4 @@ from .optimizer import AutoSGM, StepRecord
 from .windows import Window, WindowLR
 
 __all__ = ["AutoSGM", "AutoSGMConfig", "NUMERATORS", "StepRecord", "Window", "WindowLR", "__version__"]
-__version__ = "0.2.0"
+__version__ = "0.3.0"

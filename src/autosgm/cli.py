@@ -378,6 +378,14 @@ def _print_table(records: list[dict[str, Any]], markdown: bool = False) -> None:
     print(format_table(summarize(records), markdown=markdown))
 
 
+def _warn_unchanged(records: list[dict[str, Any]]) -> None:
+    """Say which runs left a trainable tensor untouched (it was never trained)."""
+    from autosgm.experiments.report import unchanged_warnings
+
+    for line in unchanged_warnings(records):
+        print(line)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from autosgm.experiments.demo import run_demo
 
@@ -439,6 +447,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.out:
         append_result(args.out, record)
     _print_table([record])
+    _warn_unchanged([record])
     if record["status"] != "ok":
         print(f"the run diverged (non-finite training loss) after {record['steps_done']} steps")
     if args.out:
@@ -476,6 +485,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     records = [r for r in read_results(out) if r["key"] in keys]
     print()
     _print_table(records)
+    _warn_unchanged(records)
     print(f"\n{len(summary.ran)} runs done, {len(summary.skipped)} skipped (already in {out})"
           + (f", {len(summary.diverged)} diverged" if summary.diverged else ""))
     if not args.no_plot and records:

@@ -27,6 +27,7 @@ __all__ = [
     "NUMERATOR_CODES",
     "AutoSGMConfig",
     "SEED_KEYS",
+    "ZERO_TENSOR_START",
     "parse_seed_tuples",
 ]
 
@@ -43,6 +44,9 @@ NUMERATORS: tuple[str, ...] = (
 NUMERATOR_CODES: dict[int, str] = {i: name for i, name in enumerate(NUMERATORS[:5])}
 NUMERATOR_MODES: tuple[str, ...] = ("tensor", "element")
 NONFINITE_POLICIES: tuple[str, ...] = ("proceed", "skip", "raise")
+#: c₀: where the partial-correlation accumulator of a tensor whose weights are all zero starts
+#: (spec §4, the absorbing state at w = 0; chosen by measurement, docs/zero-tensors.md).
+ZERO_TENSOR_START = 1e-2
 
 #: Which readable settings each seed tuple sets (mixing both spellings of one setting is an error).
 SEED_KEYS: dict[str, tuple[str, ...]] = {
@@ -128,6 +132,7 @@ class AutoSGMConfig:
     normalize: bool = True
     numerator: str = "unity"
     numerator_mode: str = "tensor"
+    zero_tensor_start: float = ZERO_TENSOR_START
     eps: float = 1e-8
     repeat_eps: bool = False
     weight_decay: float = 0.0
@@ -196,6 +201,9 @@ class AutoSGMConfig:
                 f"numerator={numerator!r} needs normalize=True (aoptlr): with a constant oracle a = d = 1"
             )
         mode = _choice("numerator_mode", group["numerator_mode"], NUMERATOR_MODES)
+        c0 = _real("zero_tensor_start", group["zero_tensor_start"])
+        if not (c0 >= 0.0 and math.isfinite(c0)):
+            raise ValueError(f"zero_tensor_start (c₀ of an all-zero tensor) must be a finite number >= 0, got {c0}")
         eps = _real("eps", group["eps"])
         if not eps > 0.0:
             raise ValueError(f"eps must be > 0, got {eps}")
@@ -220,6 +228,7 @@ class AutoSGMConfig:
             normalize=normalize,
             numerator=numerator,
             numerator_mode=mode,
+            zero_tensor_start=c0,
             eps=eps,
             repeat_eps=_flag("repeat_eps", group["repeat_eps"]),
             weight_decay=wd,

@@ -14,7 +14,7 @@ from torch.utils.hooks import RemovableHandle
 from . import pipeline as P
 from .fused import FusedLayout, fused_step
 from .packing import CpuLayout, cpu_step, pack_scalars
-from .config import SEED_KEYS, AutoSGMConfig, check_lr, numerator_name, parse_seed_tuples
+from .config import SEED_KEYS, ZERO_TENSOR_START, AutoSGMConfig, check_lr, numerator_name, parse_seed_tuples
 from .windows import Window
 
 __all__ = ["AutoSGM", "StepRecord"]
@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = OrderedDict(
     normalize=True,
     numerator="unity",
     numerator_mode="tensor",
+    zero_tensor_start=ZERO_TENSOR_START,
     eps=1e-8,
     repeat_eps=False,
     weight_decay=0.0,
@@ -112,6 +113,11 @@ class AutoSGM(Optimizer):
         numerator: ``"unity"``, ``"parcor-bounded"``, ``"parcor-maxbound"``, ``"parcor-markov"``,
             ``"parcor-chebyshev"``, ``"corr"``, or the seed's code 0-4. Default ``"unity"``.
         numerator_mode: ``"tensor"`` (one smoothed value per tensor) or ``"element"``. Default ``"tensor"``.
+        zero_tensor_start: c₀, where the partial-correlation accumulator ``c`` of a ``parcor-*``
+            numerator starts for a tensor whose weights are all zero when its state is created
+            (biases, norm shifts): with ``c = 0`` such a tensor would never move (spec §4). Tensors
+            with any non-zero weight start at ``c = 0`` as the spec says. 0 turns the remedy off.
+            Default 1e-2 (chosen by measurement: docs/zero-tensors.md).
         eps: ε added to the root moment. Default 1e-8.
         repeat_eps: also use ε inside the moment estimate (``g² + ε²``). Default False.
         weight_decay: ρ. Default 0.
@@ -146,6 +152,7 @@ class AutoSGM(Optimizer):
         normalize: bool = _Default(True),  # type: ignore[assignment]
         numerator: str | int = _Default("unity"),  # type: ignore[assignment]
         numerator_mode: str = _Default("tensor"),  # type: ignore[assignment]
+        zero_tensor_start: float = _Default(ZERO_TENSOR_START),  # type: ignore[assignment]
         eps: float = _Default(1e-8),  # type: ignore[assignment]
         repeat_eps: bool = _Default(False),  # type: ignore[assignment]
         weight_decay: float = _Default(0.0),  # type: ignore[assignment]
@@ -163,7 +170,8 @@ class AutoSGM(Optimizer):
     ) -> None:
         given = dict(
             lr=lr, betas=betas, gamma=gamma, eta=eta, beta_n=beta_n, debias=debias,
-            normalize=normalize, numerator=numerator, numerator_mode=numerator_mode, eps=eps,
+            normalize=normalize, numerator=numerator, numerator_mode=numerator_mode,
+            zero_tensor_start=zero_tensor_start, eps=eps,
             repeat_eps=repeat_eps, weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay, window=window, maximize=maximize,
             nonfinite=nonfinite,
@@ -320,6 +328,9 @@ class AutoSGM(Optimizer):
                     state[name] = torch.zeros((), dtype=dtype, device=w.device)
                 else:
                     state[name] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
+            c0 = P.correlation_start(cfg, w)
+            if c0 != 0.0:
+                state["num_c"].fill_(c0)
         return state
 
     def _path(self, group: dict[str, Any], params: list[Tensor]) -> str:

@@ -81,6 +81,7 @@ __all__ = [
     "lowpass_finish",
     "moment",
     "numerator",
+    "correlation_start",
     "apply_update",
 ]
 
@@ -946,6 +947,22 @@ def moment(ops, m: TensorLike, g: TensorLike, cfg: AutoSGMConfig, sc: StepScalar
     else:
         ops.add_(d, cfg.eps)
     return d
+
+
+def correlation_start(cfg: AutoSGMConfig, w: Tensor) -> float:
+    """Where the partial-correlation accumulator ``c`` of ``w`` starts: ``c₀ = zero_tensor_start``
+    when ``w`` is all zero, else 0 (spec §4).
+
+    ``x = w · v̄`` is 0 while ``w`` is, so from ``c = 0`` a zero-initialised tensor (biases, norm
+    shifts) would keep ``a = 0`` and never move. Started at ``c₀`` it steps with ``a ≈ c₀`` until
+    its own correlation takes over; a tensor with any non-zero weight starts at 0 and steps exactly
+    by the spec's formulas. Read once, when the state is created (for a sharded parameter, over the
+    whole tensor).
+    """
+    c0 = cfg.zero_tensor_start
+    if c0 == 0.0 or not cfg.numerator.startswith("parcor"):
+        return 0.0
+    return 0.0 if bool(_plain(torch.count_nonzero(w))) else c0
 
 
 def _ema_(ops, state, x, pole: float) -> None:

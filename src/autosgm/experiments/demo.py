@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .optimizers import OptimizerConfig
-from .report import format_table, group_runs, summarize
+from .report import format_table, group_runs, summarize, unchanged_warnings
 from .results import read_results, run_key
 from .sweep import run_sweep
 from .tasks import make_task
@@ -94,6 +94,8 @@ def run_demo(
         + format_table(rows, markdown=True) + "\n", encoding="utf-8")
     log("")
     log(table)
+    for line in unchanged_warnings(records):
+        log(line)
     gap = _adam_gap(records, configs)
     if gap is not None:
         log(f"\nAutoSGM at the Adam point vs torch AdamW: largest validation-loss difference {gap:.2e}")

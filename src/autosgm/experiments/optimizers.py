@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from autosgm.config import ZERO_TENSOR_START
+
 __all__ = [
     "GAMMA_POINTS",
     "NUMERATORS",
@@ -133,6 +135,9 @@ class OptimizerConfig:
             ``adamw``, coupled (L2 added to the gradient) for ``sgd``. Vectors are never decayed.
         decoupled: decoupled weight decay for ``autosgm``.
         eps: ε added to the root of the second moment.
+        zero_tensor_start: c₀ of an all-zero tensor under a ``parcor-*`` numerator (AutoSGM's
+            ``zero_tensor_start``; 0 is the spec's absorbing state, in which such a tensor never moves).
+            Part of :meth:`key` for the ``parcor-*`` numerators only.
         schedule: the window over the run, ``"cosine"`` (anneal μ → 0) or ``"constant"``.
         label: display name in tables and figures; not part of :meth:`key`.
     """
@@ -150,6 +155,7 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     decoupled: bool = True
     eps: float = 1e-8
+    zero_tensor_start: float = ZERO_TENSOR_START
     schedule: str = "cosine"
     label: str | None = None
 
@@ -177,6 +183,10 @@ class OptimizerConfig:
         if not isinstance(self.eps, (int, float)) or isinstance(self.eps, bool) or not self.eps > 0:
             raise ValueError(f"eps must be a positive number, got {self.eps!r}")
         object.__setattr__(self, "eps", float(self.eps))
+        c0 = self.zero_tensor_start
+        if not isinstance(c0, (int, float)) or isinstance(c0, bool) or not (c0 >= 0 and math.isfinite(c0)):
+            raise ValueError(f"zero_tensor_start must be a finite number >= 0, got {c0!r}")
+        object.__setattr__(self, "zero_tensor_start", float(c0))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.name == "autosgm":
@@ -244,8 +254,12 @@ class OptimizerConfig:
         return f"AutoSGM {oracle} {format_gamma(self.gamma, self.beta)}"
 
     def key(self) -> str:
-        """A stable text key of everything that changes training (all fields but ``label``)."""
-        parts = [f"{f.name}={_fmt(getattr(self, f.name))}" for f in fields(self) if f.name not in ("name", "label")]
+        """A stable text key of everything that changes training (all fields but ``label``;
+        ``zero_tensor_start`` only where it acts: AutoSGM with a ``parcor-*`` numerator)."""
+        skip = {"name", "label"}
+        if self.name != "autosgm" or not self.numerator.startswith("parcor"):
+            skip.add("zero_tensor_start")
+        parts = [f"{f.name}={_fmt(getattr(self, f.name))}" for f in fields(self) if f.name not in skip]
         return self.name + ":" + ",".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,6 +310,7 @@ class OptimizerConfig:
                 debias=self.debias,
                 normalize=self.normalize,
                 numerator=self.numerator,
+                zero_tensor_start=self.zero_tensor_start,
                 eps=self.eps,
                 weight_decay=self.weight_decay,
                 decoupled_weight_decay=self.decoupled,

@@ -8,7 +8,7 @@ import warnings
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Group", "format_table", "group_runs", "select_task", "summarize"]
+__all__ = ["Group", "format_table", "group_runs", "select_task", "summarize", "unchanged_warnings"]
 
 
 class Group:
@@ -177,3 +177,22 @@ def format_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> s
     lines = [fmt.format(*head), "  ".join("-" * w for w in widths)]
     lines += [fmt.format(*row) for row in body]
     return "\n".join(lines)
+
+
+def unchanged_warnings(records: Iterable[dict[str, Any]], shown: int = 4) -> list[str]:
+    """One line per run that left a trainable tensor exactly as it started (``unchanged_tensors``).
+
+    Such a tensor was never trained: the model that was trained is smaller than the one defined.
+    Records written before the field existed are not checked.
+    """
+    lines = []
+    for r in records:
+        names = r.get("unchanged_tensors") or []
+        if not names:
+            continue
+        listed = ", ".join(names[:shown]) + (f", … ({len(names) - shown} more)" if len(names) > shown else "")
+        total = r.get("trainable_tensors", "?")
+        label = r.get("label") or r.get("optimizer_key", "?")
+        lines.append(f"warning: {label}, seed {r.get('seed', '?')}: {len(names)} of {total} trainable tensors "
+                     f"never moved ({listed})")
+    return lines

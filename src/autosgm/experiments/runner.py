@@ -68,7 +68,9 @@ def run(
     The record holds ``curves`` — lists ``step``, ``time_s``, ``train_<metric>``, ``val_<metric>`` for
     each of the task's metrics, and ``train_batch_loss`` (mean mini-batch loss since the previous
     evaluation; at step 0 the first evaluation's train loss) — plus ``final`` (the last evaluation),
-    ``wall_time_s``, ``status`` (``"ok"`` or ``"diverged"``) and the configuration.
+    ``wall_time_s``, ``status`` (``"ok"`` or ``"diverged"``), the configuration, and
+    ``unchanged_tensors``: the names of the trainable tensors whose weights were exactly the same at
+    the end as at the start (out of ``trainable_tensors``) — a tensor an optimizer never moved.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -78,6 +80,8 @@ def run(
         torch.cuda.manual_seed_all(seed)
     model = task.make_model()
     model.train()
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    initial = [p.detach().clone() for _, p in trainable]
     opt, scheduler = optimizer.build(model, s.steps)
     next_batch = task.sampler(torch.Generator().manual_seed(seed))
 
@@ -134,6 +138,8 @@ def run(
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - start
+    unchanged = [name for (name, p), p0 in zip(trainable, initial) if torch.equal(p.detach(), p0)]
+    del initial
 
     settings = task.settings_dict()
     return {
@@ -151,6 +157,8 @@ def run(
         "curves": curves,
         "final": {k: curves[k][-1] for k in columns if k not in ("step", "time_s")},
         "wall_time_s": round(wall, 3),
+        "trainable_tensors": len(trainable),
+        "unchanged_tensors": unchanged,  # trainable tensors whose weights never moved
         "device": str(task.device),
         "data": task.describe(),
         "versions": versions(),
