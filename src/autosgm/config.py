@@ -216,8 +216,8 @@ class AutoSGMConfig:
         for (settings, what), value in factors.items():
             if not value <= FLOAT32_MAX:
                 raise ValueError(
-                    f"{settings} make the step multiply by {what} = {value:.3g}, beyond float32's range "
-                    f"({FLOAT32_MAX:.3g}): every step would overflow; choose a smaller magnitude"
+                    f"{settings}: the step would multiply by {what} = {value:.3g}, beyond float32's range "
+                    f"({FLOAT32_MAX:.3g}), and overflow; choose smaller magnitudes"
                 )
         smallest = self.eps * min(1.0, self.smallest_filter_debias)
         if smallest < FLOAT32_TINY:

@@ -307,8 +307,12 @@ class AutoSGM(Optimizer):
         return cfg
 
     def _record_state_configs(self) -> None:
-        """Take each group's present settings as those its state holds (after a load)."""
-        self._state_configs = {gi: (g, self.group_config(g)) for gi, g in enumerate(self.param_groups)}
+        """Take each group's present settings as those its state holds (after a load). A group
+        whose settings are invalid gets no record: its next ``step()`` reports them."""
+        self._state_configs = {}
+        for gi, group in enumerate(self.param_groups):
+            with contextlib.suppress(ValueError, TypeError):
+                self._state_configs[gi] = (group, self.group_config(group))
 
     # ------------------------------------------------------------------------------------------
     # hooks
