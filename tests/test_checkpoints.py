@@ -248,8 +248,8 @@ OPTION_KEYS = [k for k in DEFAULTS if k != "lr"]
 
 @pytest.mark.parametrize("key", OPTION_KEYS)
 def test_a_state_dict_without_a_later_option_loads_with_its_default(key):
-    """Simulate a checkpoint from a version without ``key``: it loads, the key takes its default,
-    and the resumed run equals the uninterrupted one."""
+    """Simulate a checkpoint from a version without ``key``: it loads, the key takes the value this
+    optimizer was constructed with (here the default), and the resumed run equals the uninterrupted one."""
     ref = make_net()
     ref_opt = AutoSGM(two_groups(ref, lr=3e-3), lr=1e-2)
     train(ref, ref_opt, 16)
@@ -284,15 +284,75 @@ def test_a_state_dict_with_only_lr_loads():
     }
 
 
-def test_a_missing_option_means_its_default_so_a_non_default_here_is_refused():
-    net = make_net()
-    opt = AutoSGM(net.parameters(), lr=1e-2)
-    train(net, opt, 2)
-    sd = opt.state_dict()
-    del sd["param_groups"][0]["gamma"]  # written before gamma existed: it ran with γ = 0
-    with pytest.raises(ValueError, match=r"gamma: saved 0\.0, here 0\.3"):
-        AutoSGM(make_net().parameters(), lr=1e-2, gamma=0.3).load_state_dict(sd)
+def test_a_missing_option_takes_the_value_this_optimizer_was_constructed_with():
+    """A setting the checkpoint does not name is the one the caller asks for now, not the library
+    default: a ``maximize=True`` optimizer loads a checkpoint written before ``maximize`` existed."""
+    def make(net):
+        return AutoSGM(net.parameters(), lr=1e-2, gamma=0.3, maximize=True)
 
+    ref = make_net()
+    ref_opt = make(ref)
+    train(ref, ref_opt, 8)
+    net = make_net()
+    opt = make(net)
+    train(net, opt, 4)
+    sd = _roundtrip(opt.state_dict())
+    for key in ("maximize", "gamma"):
+        del sd["param_groups"][0][key]
+    fresh = make_net(seed=3)
+    fresh.load_state_dict(net.state_dict())
+    fresh_opt = make(fresh)
+    fresh_opt.load_state_dict(sd)
+    assert fresh_opt.param_groups[0]["maximize"] is True and fresh_opt.param_groups[0]["gamma"] == 0.3
+    assert "maximize" not in sd["param_groups"][0]  # the caller's state_dict is not changed
+    train(fresh, fresh_opt, 4, start=4)
+    assert max_rel_diff(fresh, ref) == 0.0
+    _states_equal(fresh_opt, fresh, ref_opt, ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# step counts stored as plain numbers (older torch.optim checkpoints)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", [float, int], ids=["float", "int"])
+@pytest.mark.parametrize("path", ["single", "foreach", pytest.param("fused", marks=pytest.mark.slow)])
+def test_a_step_stored_as_a_number_loads_on_every_path(path, kind):
+    """torch's Adam accepts ``state["step"]`` as a number; so does AutoSGM, on every path."""
+    paths = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+
+    def make(net):
+        return AutoSGM(net.parameters(), lr=1e-2, gamma=0.3, numerator="parcor-markov", **paths[path])
+
+    ref = make_net()
+    ref_opt = make(ref)
+    train(ref, ref_opt, 6)
+    net = make_net()
+    opt = make(net)
+    train(net, opt, 3)
+    sd = _roundtrip(opt.state_dict())
+    for st in sd["state"].values():
+        st["step"] = kind(st["step"].item())
+    fresh = make_net(seed=4)
+    fresh.load_state_dict(net.state_dict())
+    fresh_opt = make(fresh)
+    fresh_opt.load_state_dict(sd)
+    for st in fresh_opt.state.values():
+        assert st["step"].dtype == torch.float32 and st["step"].device.type == "cpu" and st["step"].dim() == 0
+    train(fresh, fresh_opt, 3, start=3)
+    assert max_rel_diff(fresh, ref) <= (1e-6 if path == "fused" else 0.0)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_setstate_with_steps_as_numbers(foreach):
+    """Unpickling (``__setstate__``) an optimizer whose steps are numbers normalises them too."""
+    net = make_net()
+    opt = AutoSGM(net.parameters(), lr=1e-2, foreach=foreach)
+    train(net, opt, 2)
+    state = {"defaults": opt.defaults, "param_groups": opt.param_groups,
+             "state": {p: {**st, "step": float(st["step"])} for p, st in opt.state.items()}}  # fmt: skip
+    twin = copy.copy(opt)
+    twin.__setstate__(state)
+    assert all(isinstance(st["step"], torch.Tensor) and st["step"].dtype == torch.float32 for st in twin.state.values())
+    train(net, twin, 2, start=2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

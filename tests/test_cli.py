@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,125 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     assert "5 already in" in capsys.readouterr().out  # reused, not retrained
     assert main(["demo", "--out", str(out), "--steps", "8", "--seeds", "1", "--fresh", "-q"]) == 0
     assert "0 already in" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------- output locations
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if a command gets as far as loading data or training."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command went on to load data or train")
+
+    import autosgm.experiments.demo as demo_mod
+    import autosgm.experiments.runner as runner_mod
+    import autosgm.experiments.tasks as tasks_mod
+
+    monkeypatch.setattr(tasks_mod, "make_task", refuse)
+    monkeypatch.setattr(demo_mod, "make_task", refuse)
+    monkeypatch.setattr(runner_mod, "run", refuse)
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith(f"autosgm {command}: error: "), err
+    return lines[0]
+
+
+def test_sweep_figure_never_overwrites_the_results(tmp_path, capsys, no_training):
+    out = tmp_path / "res.png"
+    out.write_bytes(b"results\n")
+    assert main(["sweep", "--task", "digits", "--preset", "tiny", "--out", str(out), "-q"]) == 2
+    assert "same file" in _one_line_error(capsys, "sweep")
+    assert out.read_bytes() == b"results\n" and {p.name for p in tmp_path.iterdir()} == {"res.png"}
+
+
+def test_plot_never_overwrites_its_results(tmp_path, capsys):
+    results = tmp_path / "runs.png"  # a result file with an image's name: the default figure path
+    results.write_bytes(b'{"key": "a"}\n')
+    assert main(["plot", str(results)]) == 2
+    assert "same file" in _one_line_error(capsys, "plot")
+    assert main(["plot", str(results), "--out", str(tmp_path / "." / "runs.png")]) == 2
+    assert "same file" in _one_line_error(capsys, "plot")
+    assert results.read_bytes() == b'{"key": "a"}\n'
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--task", "digits", "--preset", "tiny", "--out", "{dir}"], "is a directory"),
+        (["sweep", "--task", "digits", "--preset", "tiny", "--out", "{file}/res.jsonl"], "not a directory"),
+        (["sweep", "--task", "digits", "--preset", "tiny", "--out", "{dir}"], "is a directory"),
+        (["demo", "--out", "{file}"], "not a directory"),
+        (["run", "--task", "digits", "--preset", "tiny", "--out", "{file}/sub/res.jsonl"], "cannot be created"),
+        (["windows", "{file}"], "not a directory"),
+        (["analyze", "{file}"], "not a directory"),
+    ],
+)
+def test_an_unwritable_output_is_found_before_any_work(argv, message, tmp_path, capsys, no_training):
+    (tmp_path / "adir").mkdir()
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"keep me")
+    argv = [a.format(dir=tmp_path / "adir", file=afile) for a in argv]
+    assert main(argv + (["-q"] if argv[0] in ("run", "sweep", "demo") else [])) == 2
+    assert message in _one_line_error(capsys, argv[0])
+    assert afile.read_bytes() == b"keep me" and list((tmp_path / "adir").iterdir()) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses Linux permissions and /proc")
+def test_a_read_only_output_is_found_before_any_work(tmp_path, capsys, no_training):
+    """A directory where no file can be created: chmod 555 (or, as root whom permissions do not
+    bind, /proc); a result file that cannot be written: chmod 444 (not as root)."""
+    root = os.geteuid() == 0
+    locked = Path("/proc") if root else tmp_path / "locked"
+    results = tmp_path / "res.jsonl"
+    results.write_bytes(b"")
+    try:
+        if not root:
+            locked.mkdir()
+            locked.chmod(0o555)
+            results.chmod(0o444)
+        assert main(["sweep", "--task", "digits", "--preset", "tiny", "--out", str(locked / "res.jsonl"), "-q"]) == 2
+        assert "not writable" in _one_line_error(capsys, "sweep")
+        if not root:
+            assert main(["run", "--task", "digits", "--preset", "tiny", "--out", str(results), "-q"]) == 2
+            assert "cannot be written" in _one_line_error(capsys, "run")
+    finally:
+        if not root:
+            locked.chmod(0o755)
+            results.chmod(0o644)
+
+
+# --------------------------------------------------------------------------------------- bad input: one line, exit 2
+def test_batch_size_larger_than_the_data(capsys):
+    assert main(["run", "--task", "digits", "--preset", "tiny", "--batch-size", "5000", "-q"]) == 2
+    assert "batch_size (5000) exceeds the number of training examples" in _one_line_error(capsys, "run")
+
+
+def test_a_result_line_that_is_not_a_record(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'\xff\xfe{"key": "x"}\n{"key": "y"}\n')
+    before = path.read_bytes()
+    assert main(["plot", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(line.startswith("autosgm plot: ") for line in err.strip().splitlines())
+    assert "not UTF-8" in err and "without 'task'" in err and "error: " in err
+    assert path.read_bytes() == before
+
+
+def test_a_binary_data_file_is_named(tmp_path, capsys):
+    corpus = tmp_path / "corpus.bin"
+    corpus.write_bytes(bytes(range(256)) * 8)
+    assert main(["run", "--task", "shakespeare-char", "--preset", "tiny", "--data", str(corpus), "-q"]) == 2
+    assert f"{corpus} is not UTF-8 text" in _one_line_error(capsys, "run")
+
+
+@pytest.mark.parametrize("content", [b"not a pickle at all", pickle.dumps([1, 2, 3])], ids=["binary", "list"])
+def test_a_cifar_batch_that_is_not_one_is_named(content, tmp_path, capsys):
+    from test_experiments_tasks import write_cifar
+
+    directory = write_cifar(tmp_path)
+    (directory / "data_batch_2").write_bytes(content)
+    assert main(["run", "--task", "cifar10", "--preset", "tiny", "--data", str(tmp_path), "-q"]) == 2
+    assert f"{directory / 'data_batch_2'} is not a CIFAR-10 python batch" in _one_line_error(capsys, "run")

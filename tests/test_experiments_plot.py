@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -127,6 +128,7 @@ def test_diverged_runs_and_errors(tmp_path):
         grid_figure(path, metric="acc")
     other = record(OptimizerConfig.autosgm(1e-3), 0, 0.5)
     other["task"] = "cifar10"
+    other["key"] = run_key("cifar10", SETTINGS, other["optimizer_key"], 0)
     append_result(path, other)
     with pytest.raises(ValueError, match="several tasks"):
         grid_figure(path)
@@ -142,3 +144,64 @@ def test_summary_table(results):
     assert markdown[0].startswith("| optimizer |") and len(markdown) == 2 + len(rows)
     assert "0.4100 ± 0.0100" in markdown[3]
     assert math.isnan(summarize([record(OptimizerConfig.autosgm(1e-3), 0, 0.5, status="diverged")])[0]["val_loss"][0])
+
+
+# --------------------------------------------------------------------------------------- atomic outputs
+def _failing_savefig(self, fname, *args, **kwargs):
+    """A savefig that dies half-way: part of a file written, then an error (a full disk, a kill)."""
+    with open(fname, "wb") as fh:
+        fh.write(b"\x89PNG partial")
+    raise OSError("disk full")
+
+
+def test_a_failed_figure_leaves_the_previous_one_whole(results, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from autosgm.experiments.demo import plot_demo
+
+    figure = tmp_path / "grid.png"
+    plot_grid(results, figure)
+    before = figure.read_bytes()
+    monkeypatch.setattr(Figure, "savefig", _failing_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        plot_grid(results, figure)
+    with pytest.raises(OSError, match="disk full"):
+        plot_demo(read_results(results), figure)
+    assert figure.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "results.jsonl"]  # no temporary left
+
+
+def test_outputs_appear_by_one_rename(results, tmp_path, monkeypatch):
+    """Figures, the demo's summary.md and the probe's CSV are written beside and renamed over."""
+    import os
+
+    import torch
+
+    from autosgm import AutoSGM
+    from autosgm import _files
+    from autosgm.analysis import TrajectoryProbe
+    from autosgm.analysis.figures import design_space_figure
+    from autosgm.experiments.demo import plot_demo
+
+    renamed = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        renamed.append(Path(dst).name)
+        assert Path(src).parent == Path(dst).parent and Path(src).suffix == Path(dst).suffix
+        real_replace(src, dst)
+
+    monkeypatch.setattr(_files.os, "replace", spy)
+    plot_grid(results, tmp_path / "grid.pdf")
+    plot_demo(read_results(results), tmp_path / "demo.png")
+    _files.write_text(tmp_path / "summary.md", "| a |\n")
+    design_space_figure(tmp_path / "design.png", dpi=40)
+    w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = AutoSGM([w], lr=1e-2)
+    with TrajectoryProbe(opt) as probe:
+        for _ in range(2):
+            w.grad = torch.ones(3, dtype=torch.float64)
+            opt.step()
+    probe.to_csv(tmp_path / "trajectory.csv")
+    assert renamed == ["grid.pdf", "demo.png", "summary.md", "design.png", "trajectory.csv"]
+    assert (tmp_path / "grid.pdf").read_bytes().startswith(b"%PDF") and (tmp_path / "trajectory.csv").stat().st_size

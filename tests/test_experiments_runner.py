@@ -222,9 +222,114 @@ def test_sweep_reruns_a_line_cut_short(digits, tmp_path):
     assert [r["key"] for r in records] == [json.loads(lines[0])["key"], cut]
 
 
+def _record(key: str) -> dict:
+    """A minimal record: the fields every record has."""
+    return {"key": key, "task": "digits", "seed": 0, "optimizer": {}, "optimizer_key": "k", "curves": {"step": []}}
+
+
 def test_append_result_starts_a_fresh_line(tmp_path):
     out = tmp_path / "x.jsonl"
-    out.write_text('{"key": "a"}')  # no trailing newline
-    append_result(out, {"key": "b"})
+    out.write_text(json.dumps(_record("a")))  # no trailing newline
+    append_result(out, _record("b"))
     assert [r["key"] for r in read_results(out)] == ["a", "b"]
     assert read_results(tmp_path / "missing.jsonl") == []
+
+
+# --------------------------------------------------------------------------------------- one file, several writers
+def _sweep_worker(out: str, seeds: list[int], start, done) -> None:
+    """A second process running the same sweep on the same file (started together with the test's)."""
+    torch.set_num_threads(1)
+    task = make_task("digits", preset="tiny", overrides={"steps": 12, "eval_every": 6, "hidden": 16})
+    configs = grid(numerators=["unity", "parcor-markov"], gammas=[0, "nag"], lrs=[3e-3], baselines=["adamw"])
+    start.wait()
+    summary = run_sweep(task, configs, seeds, out, progress=False, log=None)
+    done.put(len(summary.ran))
+
+
+def test_two_sweeps_on_one_file_share_its_runs(digits, tmp_path):
+    """Every run is recorded once: a run claimed by the other sweep is left to it."""
+    import multiprocessing
+
+    out = tmp_path / "shared.jsonl"
+    configs = grid(numerators=["unity", "parcor-markov"], gammas=[0, "nag"], lrs=[3e-3], baselines=["adamw"])
+    ctx = multiprocessing.get_context("fork")
+    start, done = ctx.Event(), ctx.Queue()
+    other = ctx.Process(target=_sweep_worker, args=(str(out), [0, 1], start, done))
+    other.start()
+    start.set()
+    mine = run_sweep(digits, configs, [0, 1], out, progress=False, log=None)
+    other.join(timeout=300)
+    theirs = done.get(timeout=10)
+    keys = [json.loads(line)["key"] for line in out.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 10 == len(mine.ran) + theirs
+    assert not list(tmp_path.glob(".*.claim"))  # the claims are gone
+
+
+def test_a_claimed_run_is_left_to_its_claimant(digits, tmp_path):
+    from autosgm.experiments import claim_run
+
+    out = tmp_path / "r.jsonl"
+    configs = grid(numerators=["unity"], gammas=[0, "nag"], lrs=[3e-3], baselines=[])
+    key = run_key(digits.name, digits.settings_dict(), configs[0].key(), 0)
+    with claim_run(out, key) as held:
+        assert held
+        summary = run_sweep(digits, configs, [0], out, progress=False, log=None)
+        with claim_run(out, key) as again:
+            assert not again  # (a claim excludes every other claimant, in this process too)
+    assert summary.busy == [key] and len(summary.ran) == 1
+    assert key not in completed_keys(out)
+    assert run_sweep(digits, configs, [0], out, progress=False, log=None).ran == [key]  # released: run now
+
+
+def test_a_run_finished_by_another_process_is_not_repeated(digits, tmp_path, monkeypatch):
+    """Between the sweep's first look at the file and a run, another process may have recorded it."""
+    import autosgm.experiments.sweep as sweep_mod
+
+    out = tmp_path / "r.jsonl"
+    configs = grid(numerators=["unity"], gammas=[0], lrs=[3e-3], baselines=[])
+    record = run(digits, configs[0], 0, progress=False)
+    real_claim = sweep_mod.claim_run
+
+    def claim_after_the_other_finished(path, key):
+        append_result(path, record)  # the other process finishes just before this one claims
+        return real_claim(path, key)
+
+    monkeypatch.setattr(sweep_mod, "claim_run", claim_after_the_other_finished)
+    summary = run_sweep(digits, configs, [0], out, progress=False, log=None)
+    assert summary.ran == [] and summary.skipped == [record["key"]]
+    assert len(out.read_text().splitlines()) == 1
+
+
+def test_readers_keep_one_record_per_run(digits, tmp_path):
+    """A file that holds a run twice (e.g. two old sweeps) counts it once, with a warning."""
+    from autosgm.experiments.report import summarize
+
+    out = tmp_path / "dup.jsonl"
+    configs = grid(numerators=["unity"], gammas=[0], lrs=[3e-3], baselines=[])
+    run_sweep(digits, configs, [0, 1, 2], out, progress=False, log=None)
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines + lines) + "\n")  # every run twice
+    with pytest.warns(RuntimeWarning, match=r"dropping 3 duplicate record\(s\).*line 4, 5, 6"):
+        records = read_results(out)
+    assert [r["key"] for r in records] == [json.loads(line)["key"] for line in lines]
+    (row,) = summarize(records)
+    assert row["runs"] == 3 and row["val_loss"][2] == 3
+
+
+def test_a_result_line_that_is_not_utf8_or_lacks_fields_is_skipped(tmp_path):
+    out = tmp_path / "x.jsonl"
+    good = _record("good")
+    out.write_bytes(b"\xff\xfe\n" + json.dumps({"key": "k"}).encode() + b"\n" + json.dumps(good).encode() + b"\n")
+    with pytest.warns(RuntimeWarning) as caught:
+        assert read_results(out) == [good]
+    messages = [str(w.message) for w in caught]
+    assert any("x.jsonl:1: skipping a line that is not UTF-8" in m for m in messages)
+    assert any("x.jsonl:2: skipping a line without 'task'" in m for m in messages)
+
+
+def test_the_result_file_is_checked_before_the_first_run(digits, tmp_path):
+    from autosgm._files import OutputPathError
+
+    configs = grid(numerators=["unity"], gammas=[0], lrs=[3e-3], baselines=[])
+    with pytest.raises(OutputPathError, match="is a directory"):
+        run_sweep(digits, configs, [0], tmp_path, progress=False, log=None)

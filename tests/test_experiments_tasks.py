@@ -7,6 +7,7 @@ is there (../shared/data/tinyshakespeare.txt), else a generated text.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import pickle
@@ -325,11 +326,15 @@ def _cifar_archive(tmp_path: Path) -> bytes:
     return buffer.getvalue()
 
 
+def _batch_md5(directory: Path) -> dict[str, str]:
+    """The MD5 digests of generated batch files (the official ones are in cifar10.BATCH_MD5)."""
+    return {name: data.file_md5(directory / name) for name in (*cifar10.TRAIN_FILES, cifar10.TEST_FILE)}
+
+
 def test_cifar10_download_and_extract(tmp_path, monkeypatch):
     archive = _cifar_archive(tmp_path)
-    import hashlib
-
     monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(archive).hexdigest())
+    monkeypatch.setattr(cifar10, "BATCH_MD5", _batch_md5(tmp_path / "src" / cifar10.BATCH_DIR))
     calls = []
 
     def fake_download(url, dest, **kw):
@@ -405,3 +410,95 @@ def test_wikitext103_missing_data_message(tmp_path):
         (too_short / name).write_text("tiny", encoding="utf-8")
     with pytest.raises(ValueError, match="fewer than block_size"):
         make_task("wikitext103", preset="tiny", data=str(too_short), overrides={"tokenizer": "byte"})
+
+
+# --------------------------------------------------------------------------------------- cifar10: pickles are not trusted
+class _RunsCode:
+    """A pickle payload that creates ``marker`` when unpickled by a plain ``pickle.load``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def _poison(directory: Path, marker: Path, name: str = "data_batch_1") -> None:
+    with open(directory / name, "wb") as fh:
+        pickle.dump({b"data": np.zeros((1, 3072), dtype=np.uint8), b"labels": [_RunsCode(marker)]}, fh)
+
+
+def test_cifar10_a_batch_never_runs_code(tmp_path):
+    directory = write_cifar(tmp_path)
+    marker = tmp_path / "ran"
+    _poison(directory, marker)
+    with pytest.raises(ValueError, match=r"data_batch_1 is not a CIFAR-10 python batch.*builtins\.exec"):
+        make_task("cifar10", preset="tiny", data=str(tmp_path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar10_reads_batches_of_every_pickle_protocol(tmp_path, protocol):
+    """The official batches are protocol-2 pickles of Python 2; labels may be numpy integers."""
+    directory = write_cifar(tmp_path)
+    batch = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), b"labels": [np.int64(3), 7],
+             b"batch_label": b"training batch 1 of 5", b"filenames": [b"a.png", b"b.png"]}
+    with open(directory / "data_batch_1", "wb") as fh:
+        pickle.dump(batch, fh, protocol=protocol)
+    x, y = cifar10._read_batch(directory / "data_batch_1")
+    assert y.tolist() == [3, 7] and torch.equal(x.reshape(2, -1), torch.as_tensor(batch[b"data"]))
+
+
+def test_cifar10_cache_is_checked_before_it_is_read(tmp_path, monkeypatch):
+    """Batches in the cache are read only when they are the official files (MD5)."""
+    cache = tmp_path / "xdg-cache" / "autosgm"
+    directory = write_cifar(cache)
+    marker = tmp_path / "ran"
+    _poison(directory, marker)
+    monkeypatch.setenv("AUTOSGM_OFFLINE", "1")
+    with pytest.raises(DataNotFoundError, match="offline"):
+        make_task("cifar10", preset="tiny")
+    assert not marker.exists()
+    monkeypatch.setattr(cifar10, "BATCH_MD5", _batch_md5(directory))  # (the poisoned file is "official" now)
+    with pytest.raises(ValueError, match="builtins.exec"):
+        make_task("cifar10", preset="tiny")
+    assert not marker.exists()
+
+
+def test_cifar10_archive_is_checked_before_it_is_extracted(tmp_path, monkeypatch):
+    """An archive already in the cache (not just downloaded) is checked too, and removed when it fails."""
+    cache = tmp_path / "xdg-cache" / "autosgm"
+    cache.mkdir(parents=True)
+    (cache / "cifar-10-python.tar.gz").write_bytes(_cifar_archive(tmp_path))
+    with pytest.raises(DataNotFoundError, match="MD5"):
+        make_task("cifar10", preset="tiny")
+    assert not (cache / cifar10.BATCH_DIR).exists() and not (cache / "cifar-10-python.tar.gz").exists()
+
+
+def test_cifar10_is_never_extracted_without_the_data_filter(tmp_path, monkeypatch):
+    archive = _cifar_archive(tmp_path)
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(archive).hexdigest())
+    cache = tmp_path / "xdg-cache" / "autosgm"
+    cache.mkdir(parents=True)
+    (cache / "cifar-10-python.tar.gz").write_bytes(archive)
+    monkeypatch.delattr(tarfile, "data_filter")
+    with pytest.raises(DataNotFoundError, match="extraction filters"):
+        make_task("cifar10", preset="tiny")
+    assert not (cache / cifar10.BATCH_DIR).exists()
+
+
+def test_cifar10_cache_that_fails_is_extracted_again_from_the_archive(tmp_path, monkeypatch):
+    archive = _cifar_archive(tmp_path)
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(archive).hexdigest())
+    monkeypatch.setattr(cifar10, "BATCH_MD5", _batch_md5(tmp_path / "src" / cifar10.BATCH_DIR))
+    cache = tmp_path / "xdg-cache" / "autosgm"
+    directory = write_cifar(cache, n_per_batch=3)  # another (say, truncated) copy in the cache
+    (cache / "cifar-10-python.tar.gz").write_bytes(archive)
+    task = make_task("cifar10", preset="tiny")
+    assert task.path == directory and task.describe()["n_train"] == 5 * 16
+    assert cifar10._failed_md5(directory) is None
+
+
+def test_digits_batch_larger_than_the_data_is_refused_when_built():
+    with pytest.raises(ValueError, match=r"batch_size \(5000\) exceeds the number of training examples of digits"):
+        make_task("digits", preset="tiny", overrides={"batch_size": 5000})

@@ -12,6 +12,7 @@ import argparse
 import io
 from pathlib import Path
 
+from autosgm._files import replacing
 from autosgm.windows import SHAPES, Window
 
 #: Orders n drawn for each shape (the middle one is also drawn with the Kronecker sequence).
@@ -114,8 +115,8 @@ def draw(path: Path, dpi: int = 80) -> Path:
     from PIL import Image
 
     buf.seek(0)
-    with Image.open(buf) as image:
-        image.convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    with Image.open(buf) as image, replacing(path) as tmp:
+        image.convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,6 +42,16 @@ task has a public download (set AUTOSGM_OFFLINE=1 or pass --offline to forbid do
 
 class UsageError(Exception):
     """A bad command-line value; printed without a traceback, exit status 2."""
+
+
+def _check_outputs(outputs: dict[str, Path], inputs: dict[str, Path] | None = None) -> None:
+    """Before any work: every output of the command can be written, and none is at the path of
+    another output or of an input (:class:`~autosgm._files.OutputPathError`, reported as a usage error)."""
+    from autosgm._files import check_distinct, check_output_file
+
+    check_distinct({**(inputs or {}), **outputs})
+    for what, path in outputs.items():
+        check_output_file(path, what)
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -429,30 +440,46 @@ def _optimizer_from_args(args: argparse.Namespace, task_cls) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from autosgm.experiments.results import append_result, completed_keys, read_results, run_key
-    from autosgm.experiments.runner import run
+    from autosgm.experiments.results import claim_run, run_key
     from autosgm.experiments.tasks import get_task_class
 
     cfg = _optimizer_from_args(args, get_task_class(args.task))
-    task = _make_task(args)
     if args.out:
-        key = run_key(task.name, task.settings_dict(), cfg.key(), args.seed)
-        if key in completed_keys(args.out):
-            print(f"run {key} ({cfg.display}, seed {args.seed}) is already in {args.out}; not repeated")
-            _print_table([r for r in read_results(args.out) if r["key"] == key])
-            return 0
+        _check_outputs({"the result file --out": Path(args.out)})
+    task = _make_task(args)
+    if not args.out:
+        _train_and_report(task, cfg, args)
+        return 0
+    key = run_key(task.name, task.settings_dict(), cfg.key(), args.seed)
+    with claim_run(args.out, key) as claimed:
+        if not claimed:
+            print(f"run {key} ({cfg.display}, seed {args.seed}) is being run by another process writing {args.out}; "
+                  "not repeated")
+        else:
+            _train_and_report(task, cfg, args, key)
+    return 0
+
+
+def _train_and_report(task: Any, cfg: Any, args: argparse.Namespace, key: str | None = None) -> None:
+    """Train one run and print it; with ``key``, append it to ``args.out`` unless it is there already."""
+    from autosgm.experiments.results import append_result, completed_keys, read_results
+    from autosgm.experiments.runner import run
+
+    if key is not None and key in completed_keys(args.out):
+        print(f"run {key} ({cfg.display}, seed {args.seed}) is already in {args.out}; not repeated")
+        _print_table([r for r in read_results(args.out) if r["key"] == key])
+        return
     print(f"{task.name} ({args.preset} preset; {_describe(task)}): {cfg.display}, lr {cfg.lr:g}, seed {args.seed}, "
           f"device {task.device}")
     record = run(task, cfg, args.seed, progress=not args.quiet)
-    if args.out:
+    if key is not None:
         append_result(args.out, record)
     _print_table([record])
     _warn_unchanged([record])
     if record["status"] != "ok":
         print(f"the run diverged (non-finite training loss) after {record['steps_done']} steps")
-    if args.out:
+    if key is not None:
         print(f"appended to {args.out}")
-    return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -478,6 +505,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     out = Path(args.out) if args.out else Path("runs") / f"{args.task}.jsonl"
+    plots = [] if args.no_plot else [("loss", "the figure (--out with .png)", out.with_suffix(".png"))]
+    if plots and "acc" in cls.metrics:
+        plots.append(("acc", "the accuracy figure (--out with -acc.png)", out.with_name(out.stem + "-acc.png")))
+    _check_outputs({"the result file --out": out, **{what: path for _, what, path in plots}})
     task = _make_task(args)
     print(f"{task.name} ({args.preset} preset; {_describe(task)}), device {task.device}")
     summary = run_sweep(task, configs, args.seeds, out, progress=not args.quiet)
@@ -487,15 +518,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     _print_table(records)
     _warn_unchanged(records)
     print(f"\n{len(summary.ran)} runs done, {len(summary.skipped)} skipped (already in {out})"
+          + (f", {len(summary.busy)} left to another process writing {out}" if summary.busy else "")
           + (f", {len(summary.diverged)} diverged" if summary.diverged else ""))
-    if not args.no_plot and records:
+    if records:
         from autosgm.experiments.plot import plot_grid
 
-        figure = plot_grid(records, out.with_suffix(".png"))
-        print(f"figure: {figure}")
-        if "acc" in task.metrics:
-            figure = plot_grid(records, out.with_name(out.stem + "-acc.png"), metric="acc")
-            print(f"figure: {figure}")
+        for metric, _, path in plots:
+            print(f"figure: {plot_grid(records, path, metric=metric)}")
     return 0
 
 
@@ -507,10 +536,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     path = Path(args.results)
     if not path.is_file():
         raise UsageError(f"no such result file: {path}")
+    out = Path(args.out) if args.out else path.with_suffix(".png")
+    _check_outputs({"the figure": out}, inputs={"the result file": path})
     records = read_results(path)
     if not records:
         raise UsageError(f"{path} holds no runs")
-    out = Path(args.out) if args.out else path.with_suffix(".png")
     try:
         figure = plot_grid(records, out, metric=args.metric, task=args.task, lr=args.lr, title=args.title)
         _print_table(select_task(records, args.task), markdown=args.markdown)
@@ -543,14 +573,18 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 def _cmd_windows(args: argparse.Namespace) -> int:
     from autosgm import _window_figure
+    from autosgm._files import check_output_dir
 
+    check_output_dir(args.outdir, "OUTDIR")
     result = _window_figure.main([args.outdir])
     return int(result) if isinstance(result, int) else 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    from autosgm._files import check_output_dir
     from autosgm.analysis import figures
 
+    check_output_dir(args.outdir, "OUTDIR")
     result = figures.main([args.outdir])
     return int(result) if isinstance(result, int) else 0
 
@@ -559,18 +593,28 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autosgm`` console script; returns the exit status.
 
-    Missing data (:class:`~autosgm.experiments.data.DataNotFoundError`) and bad values are reported in
-    one line on stderr without a traceback, with exit status 2.
+    Missing data (:class:`~autosgm.experiments.data.DataNotFoundError`), bad values and output
+    locations that cannot be written (:class:`~autosgm._files.OutputPathError`, found before any
+    training) are reported in one line on stderr without a traceback, with exit status 2; warnings
+    (e.g. a result line that is skipped) in one line each.
     """
+    from autosgm._files import OutputPathError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     func: Callable[[argparse.Namespace], int] = args.func
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{PROG} {args.command}: warning: {message}", file=sys.stderr if file is None else file)
+
     try:
-        return func(args)
-    except UsageError as exc:
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            return func(args)
+    except (UsageError, OutputPathError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:

@@ -8,7 +8,10 @@ Two spellings compile into the same :class:`AutoSGMConfig`:
   :func:`parse_seed_tuples` — the only place where positional tuple indexing happens.
 
 Every value is checked once, in :meth:`AutoSGMConfig.from_group`; bad input raises
-``ValueError``/``TypeError`` naming the argument, and nothing is clamped or rewritten.
+``ValueError``/``TypeError`` naming the argument, and nothing is clamped or rewritten. Real values
+must be finite, and the numbers the step multiplies by (η, ηγ, the filter's DC gain, 1/S[1], ε ...)
+must lie within float32's range (the state dtype of float16/bfloat16/float32 parameters), so that
+no setting by itself makes a step overflow.
 """
 
 from __future__ import annotations
@@ -58,6 +61,14 @@ SEED_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The largest number the step may multiply by: the step of float16, bfloat16 and float32
+#: parameters runs in float32.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: The smallest positive number ε (or ε·S[t]) may be in the denominator: a smaller one rounds to a
+#: float32 subnormal or 0, and a zero gradient would give 0/0.
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
+
+
 # ----------------------------------------------------------------------------------------------
 # small checkers
 # ----------------------------------------------------------------------------------------------
@@ -67,6 +78,13 @@ def _real(name: str, value: Any) -> float:
     value = float(value)
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN")
+    return value
+
+
+def _finite(name: str, value: Any) -> float:
+    value = _real(name, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     return value
 
 
@@ -172,6 +190,48 @@ class AutoSGMConfig:
         """``1 − β_a^t`` (1 when debias is off)."""
         return 1.0 - self.beta_a**t if self.debias else 1.0
 
+    @property
+    def smallest_filter_debias(self) -> float:
+        """The smallest ``S[t]``: ``S[1] = η`` (with γ ≤ β, ``S[t]`` rises to the DC gain), 1 when off."""
+        return self.eta if self.debias else 1.0
+
+    @property
+    def dc_gain(self) -> float:
+        """``H(1) = η (1 − γ)/(1 − β)``: the filter's gain for a constant gradient, and the largest ``S[t]``."""
+        return self.eta * (1.0 - self.gamma) / (1.0 - self.beta)
+
+    def _check_range(self, eta_given: Any) -> None:
+        """Refuse settings whose step multiplies by a number beyond float32's range (or adds an ε
+        that rounds away): the step would overflow, or give 0/0, whatever the gradients."""
+        filter_settings = f"gamma = {self.gamma:g}, eta = {eta_given!r} and betas[0] = {self.beta:g}"
+        S_max = self.dc_gain if self.debias else 1.0
+        factors = {
+            (filter_settings, "the gain η"): self.eta,
+            (filter_settings, "ηγ"): self.eta * abs(self.gamma),
+            (filter_settings, "the DC gain η(1 − γ)/(1 − β)"): self.dc_gain,
+            (filter_settings, "K = η(β − γ)/(1 − β)"): abs(self.filter_state_gain),
+            (filter_settings, "1/S[1] (the step size's largest factor)"): 1.0 / self.smallest_filter_debias,
+            (filter_settings, "S[t]/sqrt(1 − β_a)"): S_max / math.sqrt(1.0 - self.beta_a),
+            (f"eps = {self.eps:g}", "ε"): self.eps,
+            (f"eps = {self.eps:g}", "ε·S[t]"): self.eps * S_max,
+            (f"eps = {self.eps:g} with repeat_eps", "(1 − β_a) ε²"): (
+                (1.0 - self.beta_a) * self.eps * self.eps if self.repeat_eps else 0.0),
+            (f"weight_decay = {self.weight_decay:g}", "ρ"): self.weight_decay,
+        }
+        for (settings, what), value in factors.items():
+            if not value <= FLOAT32_MAX:
+                raise ValueError(
+                    f"{settings}: the step would multiply by {what} = {value:.3g}, beyond float32's range "
+                    f"({FLOAT32_MAX:.3g}), and overflow; choose smaller magnitudes"
+                )
+        smallest = self.eps * min(1.0, self.smallest_filter_debias)
+        if smallest < FLOAT32_TINY:
+            raise ValueError(
+                f"eps = {self.eps:g} (with eta = {eta_given!r}, η = {self.eta:.3g}) adds {smallest:.3g} to the "
+                f"denominator, below float32's smallest normal number ({FLOAT32_TINY:.3g}): a zero gradient "
+                "would give 0/0; choose a larger eps"
+            )
+
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_group(cls, group: Mapping[str, Any]) -> "AutoSGMConfig":
@@ -179,7 +239,7 @@ class AutoSGMConfig:
         betas = _tuple("betas", group["betas"], (2,))
         beta = _pole("betas[0] (the filter pole β)", betas[0])
         beta_a = _pole("betas[1] (the moment pole β_a)", betas[1])
-        gamma = _real("gamma", group["gamma"])
+        gamma = _finite("gamma", group["gamma"])
         if gamma > beta:
             raise ValueError(
                 f"gamma (the filter zero γ = {gamma}) must not exceed the pole β = {beta}: "
@@ -201,10 +261,10 @@ class AutoSGMConfig:
                 f"numerator={numerator!r} needs normalize=True (aoptlr): with a constant oracle a = d = 1"
             )
         mode = _choice("numerator_mode", group["numerator_mode"], NUMERATOR_MODES)
-        c0 = _real("zero_tensor_start", group["zero_tensor_start"])
-        if not (c0 >= 0.0 and math.isfinite(c0)):
-            raise ValueError(f"zero_tensor_start (c₀ of an all-zero tensor) must be a finite number >= 0, got {c0}")
-        eps = _real("eps", group["eps"])
+        c0 = _finite("zero_tensor_start", group["zero_tensor_start"])
+        if not c0 >= 0.0:
+            raise ValueError(f"zero_tensor_start (c₀ of an all-zero tensor) must be >= 0, got {c0}")
+        eps = _finite("eps", group["eps"])
         if not eps > 0.0:
             raise ValueError(f"eps must be > 0, got {eps}")
         wd = _real("weight_decay", group["weight_decay"])
@@ -218,7 +278,7 @@ class AutoSGMConfig:
                 raise TypeError(f"window must be a Window, its to_dict() form, or None; got {type(window).__name__}")
             if not window.active:
                 window = None
-        return cls(
+        cfg = cls(
             beta=beta,
             beta_a=beta_a,
             gamma=gamma,
@@ -237,6 +297,8 @@ class AutoSGMConfig:
             maximize=_flag("maximize", group["maximize"]),
             nonfinite=_choice("nonfinite", group["nonfinite"], NONFINITE_POLICIES),
         )
+        cfg._check_range(group["eta"])
+        return cfg
 
     def summary(self) -> str:
         """One line per non-default setting, for ``repr``."""
@@ -246,8 +308,9 @@ class AutoSGMConfig:
         return ", ".join(out)
 
 
-def check_lr(lr: Any) -> None:
-    """``lr`` (μ, the trust-region constant) is a number or a 0-d tensor, >= 0."""
+def check_lr(lr: Any, cfg: AutoSGMConfig | None = None) -> None:
+    """``lr`` (μ, the trust-region constant) is a number or a 0-d tensor, >= 0; with ``cfg``, the
+    largest step size it gives, ``μ/S[1]``, is within float32's range."""
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1:
             raise ValueError("lr as a tensor must have one element")
@@ -256,6 +319,11 @@ def check_lr(lr: Any) -> None:
         value = _real("lr", lr)
     if not (value >= 0.0 and math.isfinite(value)):
         raise ValueError(f"lr must be a finite number >= 0, got {value}")
+    if cfg is not None and not value / cfg.smallest_filter_debias <= FLOAT32_MAX:
+        raise ValueError(
+            f"lr = {value:g} gives the step size μ/S[1] = {value / cfg.smallest_filter_debias:.3g}, beyond float32's "
+            f"range ({FLOAT32_MAX:.3g}); choose a smaller lr"
+        )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ r"""The :class:`AutoSGM` optimizer."""
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -60,6 +62,18 @@ _CONFIG_KEYS = tuple(k for k in DEFAULTS if k not in ("lr", "foreach", "fused"))
 #: is the input's average u[t] = β u[t−1] + (1 − β) g[t] (autosgm 0.2). A group without the key (0.1)
 #: held the transposed-direct-form state s = K u, K = η(β − γ)/(1 − β); loading converts it.
 STATE_FORMAT = 2
+
+#: Settings that torch.optim's optimizers keep in their param groups and AutoSGM has not (every one
+#: but LBFGS keeps ``differentiable``; LBFGS keeps ``history_size``): a saved group holding one is
+#: another optimizer's. Other extra keys, such as a scheduler's ``initial_lr``, are kept as torch does.
+_FOREIGN_SETTINGS = frozenset({"amsgrad", "capturable", "dampening", "differentiable", "history_size", "momentum",
+                               "nesterov"})
+#: Every name a parameter's state may hold.
+_STATE_NAMES = frozenset({"step", "filter_state", "moment", "num_a"}).union(*P.NUMERATOR_BUFFERS.values())
+#: The numerator whose buffers (besides ``num_a``) are exactly these.
+_NUMERATOR_OF_BUFFERS = {frozenset(names): name for name, names in P.NUMERATOR_BUFFERS.items()}
+#: Devices the fused path compiles for.
+FUSED_DEVICES = ("cpu", "cuda")
 
 
 class StepRecord(NamedTuple):
@@ -186,6 +200,8 @@ class AutoSGM(Optimizer):
         if isinstance(defaults["window"], Window):
             defaults["window"] = defaults["window"].to_dict()
         self._cfg_cache: dict[int, tuple[tuple, AutoSGMConfig]] = {}
+        #: Per group index: (group, the configuration its state was last stepped or loaded with).
+        self._state_configs: dict[int, tuple[dict[str, Any], AutoSGMConfig]] = {}
         self._trajectory_hooks: OrderedDict[int, Callable[..., None]] = OrderedDict()
         self.last_window_values: list[float] = []
         #: Per-group count of steps skipped by ``nonfinite="skip"``.
@@ -241,7 +257,11 @@ class AutoSGM(Optimizer):
     # groups and configuration
     # ------------------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; it may carry readable keywords or seed tuples, validated here."""
+        """Add a group; it may carry readable keywords or seed tuples.
+
+        Every setting is validated before the group is added: after an error the optimizer is
+        unchanged.
+        """
         group = dict(param_group)
         seed = {k: group.pop(k) for k in SEED_KEYS if k in group}
         if seed:
@@ -253,13 +273,15 @@ class AutoSGM(Optimizer):
             raise TypeError(f"unknown param-group setting(s): {', '.join(sorted(unknown))}")
         if isinstance(group.get("window"), Window):
             group["window"] = group["window"].to_dict()
+        if "numerator" in group:
+            group["numerator"] = numerator_name(group["numerator"])
+        settings = {**self.defaults, **group}
+        _check_paths(settings)
+        check_lr(settings["lr"], AutoSGMConfig.from_group(settings))
         super().add_param_group(group)
         group = self.param_groups[-1]
         group["state_format"] = STATE_FORMAT
-        _check_paths(group)
-        if "numerator" in group:
-            group["numerator"] = numerator_name(group["numerator"])
-        self.group_config(group)
+        self._state_configs[len(self.param_groups) - 1] = (group, self.group_config(group))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -270,8 +292,10 @@ class AutoSGM(Optimizer):
         for group in self.param_groups:
             for key, value in DEFAULTS.items():
                 group.setdefault(key, value)
+        _normalize_steps(self.state.values())
         if not self.__dict__.get("_loading"):
             self._upgrade_state_format()
+            self._record_state_configs()
 
     def group_config(self, group: dict[str, Any] | int) -> AutoSGMConfig:
         """The validated :class:`AutoSGMConfig` of a param group (or its index).
@@ -280,14 +304,23 @@ class AutoSGM(Optimizer):
         """
         if isinstance(group, int):
             group = self.param_groups[group]
-        check_lr(group["lr"])
         key = tuple(_freeze(group[k]) for k in _CONFIG_KEYS)
         cached = self._cfg_cache.get(id(group))
         if cached is not None and cached[0] == key:
-            return cached[1]
-        cfg = AutoSGMConfig.from_group(group)
-        self._cfg_cache[id(group)] = (key, cfg)
+            cfg = cached[1]
+        else:
+            cfg = AutoSGMConfig.from_group(group)
+            self._cfg_cache[id(group)] = (key, cfg)
+        check_lr(group["lr"], cfg)
         return cfg
+
+    def _record_state_configs(self) -> None:
+        """Take each group's present settings as those its state holds (after a load). A group
+        whose settings are invalid gets no record: its next ``step()`` reports them."""
+        self._state_configs = {}
+        for gi, group in enumerate(self.param_groups):
+            with contextlib.suppress(ValueError, TypeError):
+                self._state_configs[gi] = (group, self.group_config(group))
 
     # ------------------------------------------------------------------------------------------
     # hooks
@@ -315,16 +348,8 @@ class AutoSGM(Optimizer):
         if len(state) == 0:
             dtype = P.state_dtype(w.dtype)
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            if cfg.has_filter_state:
-                state["filter_state"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
-            if cfg.normalize:
-                state["moment"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
-            per_tensor = cfg.numerator_mode == "tensor"
-            names = P.NUMERATOR_BUFFERS[cfg.numerator]
-            if per_tensor and cfg.numerator != "unity":
-                names = names + ("num_a",)
-            for name in names:
-                if per_tensor and name in P.PER_TENSOR_STATS:
+            for name, per_tensor in _buffer_layout(cfg).items():
+                if per_tensor:
                     state[name] = torch.zeros((), dtype=dtype, device=w.device)
                 else:
                     state[name] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
@@ -339,6 +364,7 @@ class AutoSGM(Optimizer):
             return "single"
         _check_paths(group)
         if group["fused"]:
+            _check_fused_support(params)
             return "fused"
         foreach = group["foreach"]
         if foreach is None:
@@ -347,34 +373,92 @@ class AutoSGM(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss.
+
+        Everything that can refuse the step (settings, their change since the last step, the
+        gradients' layout and devices, the non-finite policy) is checked for every group before
+        any group is stepped.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        window_values = []
         configs = [self.group_config(group) for group in self.param_groups]
+        groups = list(enumerate(zip(self.param_groups, configs)))
+        conversions = [self._settings_change(gi, group, cfg) for gi, (group, cfg) in groups]
+        plans = [self._plan(group) for group in self.param_groups]
         skip = self._nonfinite_groups(configs)
-        for gi, group in enumerate(self.param_groups):
-            cfg = configs[gi]
+        window_values = []
+        for gi, (group, cfg) in groups:
             if gi in skip:
                 window_values.append(self.last_window_values[gi] if gi < len(self.last_window_values) else 1.0)
                 continue
-            lr = group["lr"]
-            mu = float(lr) if isinstance(lr, Tensor) else lr
-            params = [p for p in group["params"] if p.grad is not None]
+            self._apply_settings_change(gi, group, cfg, conversions[gi])
+            params, path = plans[gi]
             if not params:
                 window_values.append(self.last_window_values[len(window_values)]
                                      if len(self.last_window_values) > len(window_values) else 1.0)  # fmt: skip
                 continue
-            if any(p.grad.is_sparse for p in params):
-                raise TypeError("AutoSGM does not support sparse gradients; use dense gradients")
-            path = self._path(group, params)
+            lr = group["lr"]
+            mu = float(lr) if isinstance(lr, Tensor) else lr
             with _sharding_context(params):
                 F = self._group_step(gi, group, params, cfg, mu, path)
             window_values.append(F)
         self.last_window_values = window_values
         return loss
+
+    def _plan(self, group: dict[str, Any]) -> tuple[list[Tensor], str]:
+        """The group's parameters with gradients and the path to step them on (checked, not stepped)."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return params, "single"
+        if any(p.grad.is_sparse for p in params):
+            raise TypeError("AutoSGM does not support sparse gradients; use dense gradients")
+        return params, self._path(group, params)
+
+    # ------------------------------------------------------------------------------------------
+    # settings changed between steps
+    # ------------------------------------------------------------------------------------------
+    def _settings_change(self, gi: int, group: dict[str, Any], cfg: AutoSGMConfig) -> float | None:
+        """Check a change of the group's settings since its state was last stepped; changes nothing.
+
+        A change of numbers applies as it is. A change of the buffers the group keeps
+        (``normalize``, ``numerator``, ``numerator_mode``, the filter's memory) is refused when the
+        state does not already hold the new buffers (a state loaded with its settings does).
+        Returns the factor that converts the filter buffer when γ moved between zero and non-zero
+        (the output ``v`` for γ = 0, the input's average ``u`` otherwise), else None.
+        """
+        record = self._state_configs.get(gi)
+        old = record[1] if record is not None and record[0] is group else None
+        if old is cfg:
+            return None
+        if old is None or _structure(old) != _structure(cfg):
+            self._check_group_state(gi, group, cfg)
+            return None  # the state holds the new buffers: it was made (or replaced) with these settings
+        return _filter_conversion(old, cfg)
+
+    def _check_group_state(self, gi: int, group: dict[str, Any], cfg: AutoSGMConfig) -> None:
+        """Refuse a step whose settings need other buffers than the group's state holds."""
+        for p in group["params"]:
+            state = self.state.get(p)
+            problem = _state_mismatch(state, cfg, _state_shape(p)) if state else None
+            if problem is not None:
+                raise ValueError(
+                    f"param group {gi}: {problem}; the settings changed after the group's state was created, "
+                    "and a change of the buffers a group keeps (normalize, numerator, numerator_mode, or "
+                    "betas[0] and gamma to or from β = γ = 0) cannot apply between steps: construct a new "
+                    "optimizer, or clear the state of the group's parameters, to use the new settings"
+                )
+
+    def _apply_settings_change(self, gi: int, group: dict[str, Any], cfg: AutoSGMConfig,
+                               factor: float | None) -> None:  # fmt: skip
+        """Convert the group's filter buffers by ``factor`` (if any); the state now holds ``cfg``."""
+        if factor is not None:
+            for p in group["params"]:
+                buf = self.state.get(p, {}).get("filter_state")
+                if buf is not None:
+                    buf.mul_(factor)
+        self._state_configs[gi] = (group, cfg)
 
     def _group_step(self, gi: int, group: dict[str, Any], params: list[Tensor], cfg: AutoSGMConfig,
                     mu: float, path: str) -> float:  # fmt: skip
@@ -414,27 +498,21 @@ class AutoSGM(Optimizer):
         return set(bad)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state; refused when a group's saved settings differ from this optimizer's.
+        """Load a state; refused when a group's saved settings differ from this optimizer's, or when
+        the state is not one AutoSGM keeps for these settings (e.g. another optimizer's).
 
         torch.optim would silently adopt the saved settings (e.g. another numerator) while the
         caller constructed different ones; here the difference is an error. ``lr`` (driven by
-        schedulers), ``foreach`` and ``fused`` may differ. Settings added after the checkpoint
-        was written take their defaults.
+        schedulers), ``foreach`` and ``fused`` may differ. A setting the checkpoint does not hold
+        (written before the setting existed) takes the value this optimizer was constructed with.
+        A ``step`` stored as a number (as older torch.optim checkpoints do) is accepted. After an
+        error the optimizer is unchanged.
         """
-        saved = state_dict.get("param_groups", [])
-        if len(saved) == len(self.param_groups):
-            for i, (cur, old) in enumerate(zip(self.param_groups, saved)):
-                diffs = [
-                    f"{k}: saved {old.get(k, DEFAULTS[k])!r}, here {cur[k]!r}"
-                    for k in _CONFIG_KEYS
-                    if _freeze(old.get(k, DEFAULTS[k])) != _freeze(cur[k])
-                ]
-                if diffs:
-                    raise ValueError(
-                        f"the state_dict was saved with other settings for param group {i} ("
-                        + "; ".join(diffs)
-                        + "); construct the optimizer with the saved settings (state_dict['param_groups'])"
-                    )
+        state_dict = self._completed(state_dict)
+        if len(state_dict["param_groups"]) == len(self.param_groups):
+            for i, (cur, old) in enumerate(zip(self.param_groups, state_dict["param_groups"])):
+                _check_saved_group(i, cur, old)
+            self._check_saved_state(state_dict)
         self.__dict__["_loading"] = True  # (torch's load calls __setstate__: upgrade below, once)
         try:
             super().load_state_dict(state_dict)
@@ -442,6 +520,34 @@ class AutoSGM(Optimizer):
             self.__dict__.pop("_loading", None)
         self._restore_state_dtypes(state_dict)
         self._upgrade_state_format()
+        self._record_state_configs()
+
+    def _completed(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """``state_dict`` (a shallow copy) whose groups hold every setting: one it lacks takes this
+        optimizer's value for it. A group with foreign settings is left as it is (refused later)."""
+        saved = state_dict.get("param_groups")
+        if not isinstance(saved, list) or len(saved) != len(self.param_groups):
+            return state_dict
+        groups = []
+        for cur, old in zip(self.param_groups, saved):
+            if isinstance(old, dict):
+                old = {**{k: cur[k] for k in DEFAULTS if k not in old}, **old}
+            groups.append(old)
+        return {**state_dict, "param_groups": groups}
+
+    def _check_saved_state(self, state_dict: dict[str, Any]) -> None:
+        """Refuse saved per-parameter state that this optimizer's step could not use: foreign
+        buffers, buffers of other settings or shapes, a step count that is not a whole number."""
+        saved_groups, states = state_dict["param_groups"], state_dict.get("state", {})
+        for i, (cur, old) in enumerate(zip(self.param_groups, saved_groups)):
+            cfg = self.group_config(cur)
+            for j, (pid, p) in enumerate(zip(old["params"], cur["params"])):
+                state = states.get(pid)
+                if not state:
+                    continue
+                problem = _state_mismatch(state, cfg, _state_shape(p))
+                if problem is not None:
+                    raise ValueError(f"the state_dict does not fit param group {i}, parameter {j}: {problem}")
 
     def _upgrade_state_format(self) -> None:
         """Bring the state of groups saved by an earlier layout (no ``state_format``) to
@@ -462,22 +568,21 @@ class AutoSGM(Optimizer):
         """Undo torch's cast of loaded state to the parameter dtype (``Optimizer.load_state_dict``
         casts every floating buffer but ``step``): buffers take :func:`~autosgm.pipeline.state_dtype`
         (float32 for float16/bfloat16 parameters), copied from the saved values without loss,
-        and ``step`` stays a float32 CPU tensor."""
+        and ``step`` is a float32 CPU tensor (also when it was saved as a number)."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
             saved = state_dict["state"].get(pid)
-            if saved is None or not p.is_floating_point():
+            if saved is None:
                 continue
-            dtype = P.state_dtype(p.dtype)
             state = self.state[p]
             for key, value in saved.items():
-                if not isinstance(value, Tensor):
-                    continue
                 if key == "step":
-                    state[key] = value.detach().to(device="cpu", dtype=torch.float32, copy=True)
-                elif value.is_floating_point() and dtype != p.dtype:
-                    state[key] = value.detach().to(device=p.device, dtype=dtype, copy=True)
+                    state[key] = _step_tensor(value, copy=True)
+                elif isinstance(value, Tensor) and p.is_floating_point() and value.is_floating_point():
+                    dtype = P.state_dtype(p.dtype)
+                    if dtype != p.dtype:
+                        state[key] = value.detach().to(device=p.device, dtype=dtype, copy=True)
 
     def _record_fn(self, group: dict[str, Any], param: Tensor):
         if not self._trajectory_hooks:
@@ -525,6 +630,154 @@ def _check_paths(group: dict[str, Any]) -> None:
             raise TypeError(f"{key} must be True, False or None, got {group[key]!r}")
     if group["foreach"] and group["fused"]:
         raise ValueError("foreach=True and fused=True cannot be used together; choose one path")
+
+
+def _check_fused_support(params: list[Tensor]) -> None:
+    """Refuse, before anything changes, parameters the fused path cannot step (as torch's fused Adam)."""
+    for p in params:
+        if p.device.type not in FUSED_DEVICES or not (p.is_floating_point() or p.is_complex()):
+            raise RuntimeError(
+                f"fused=True requires every parameter to be a floating-point or complex tensor on one of the "
+                f"devices {list(FUSED_DEVICES)}, but one is {p.dtype} on {p.device.type}; give it a param group "
+                "with fused=False"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# the state's layout: which buffers a configuration keeps, and checks of a given state
+# ----------------------------------------------------------------------------------------------
+def _buffer_layout(cfg: AutoSGMConfig) -> dict[str, bool]:
+    """The buffers of a parameter's state under ``cfg`` (besides ``step``), each with whether it
+    holds one value per tensor (a 0-d buffer) rather than one per element."""
+    layout = {}
+    if cfg.has_filter_state:
+        layout["filter_state"] = False
+    if cfg.normalize:
+        layout["moment"] = False
+    per_tensor = cfg.numerator_mode == "tensor"
+    names = P.NUMERATOR_BUFFERS[cfg.numerator]
+    if per_tensor and cfg.numerator != "unity":
+        names = names + ("num_a",)
+    for name in names:
+        layout[name] = per_tensor and name in P.PER_TENSOR_STATS
+    return layout
+
+
+def _structure(cfg: AutoSGMConfig) -> tuple:
+    """The settings that decide which buffers a group's state holds (see :func:`_buffer_layout`)."""
+    mode = cfg.numerator_mode if cfg.numerator != "unity" else None
+    return cfg.has_filter_state, cfg.normalize, cfg.numerator, mode
+
+
+def _filter_conversion(old: AutoSGMConfig, new: AutoSGMConfig) -> float | None:
+    """The factor that carries the filter buffer from ``old``'s form into ``new``'s, or None.
+
+    For γ = 0 the buffer is the filter's output ``v = η Σ βᵏ g``; for γ ≠ 0 the input's average
+    ``u = (1 − β) Σ βᵏ g`` (so ``u = v (1 − β)/η``).
+    """
+    if not (old.has_filter_state and new.has_filter_state) or (old.gamma == 0.0) == (new.gamma == 0.0):
+        return None
+    factor = (1.0 - old.beta) / old.eta if old.gamma == 0.0 else new.eta / (1.0 - new.beta)
+    return None if factor == 1.0 else factor
+
+
+def _state_shape(p: Tensor) -> tuple[int, ...]:
+    """The shape of ``p``'s element-wise buffers (complex parameters are stepped as their real view)."""
+    return tuple(p.shape) + ((2,) if p.is_complex() else ())
+
+
+def _state_mismatch(state: Any, cfg: AutoSGMConfig, shape: tuple[int, ...]) -> str | None:
+    """Why a parameter's ``state`` cannot be stepped with ``cfg`` (``shape``: its buffers' shape), or None.
+
+    The reason names the setting that asks for other buffers, e.g. ``numerator (the state is that
+    of 'unity', the settings say 'corr')``.
+    """
+    if not isinstance(state, dict):
+        return f"the state is a {type(state).__name__}, not a dict of buffers"
+    foreign = sorted(str(k) for k in state if k not in _STATE_NAMES)
+    if foreign:
+        return f"the state holds buffers AutoSGM does not keep ({', '.join(foreign)}): is it another optimizer's state?"
+    if "step" not in state:
+        return "the state has no step count"
+    problem = _step_problem(state["step"])
+    if problem is not None:
+        return problem
+    have, want = set(state) - {"step"}, _buffer_layout(cfg)
+    settings = []
+    if ("filter_state" in have) != ("filter_state" in want):
+        settings.append("betas[0] and gamma (the state " + (
+            "holds a filter buffer, the settings β = γ = 0 keep none)" if "filter_state" in have
+            else "holds no filter buffer (β = γ = 0), the settings need one)"))  # fmt: skip
+    if ("moment" in have) != ("moment" in want):
+        settings.append(f"normalize (the state was made with normalize={'moment' in have}, "
+                        f"the settings say {cfg.normalize})")
+    numerator = _NUMERATOR_OF_BUFFERS.get(frozenset(have - {"filter_state", "moment", "num_a"}))
+    if numerator != cfg.numerator:
+        held = f"that of {numerator!r}" if numerator else "no numerator's buffers"
+        settings.append(f"numerator (the state is {held}, the settings say {cfg.numerator!r})")
+    elif numerator != "unity" and ("num_a" in have) != (cfg.numerator_mode == "tensor"):
+        mode = "tensor" if "num_a" in have else "element"
+        settings.append(f"numerator_mode (the state is per {mode}, the settings say {cfg.numerator_mode!r})")
+    if settings:
+        return "; ".join(settings)
+    if have != set(want):
+        return f"the state holds the buffers {sorted(have)}, the settings need {sorted(want)}"
+    for name, per_tensor in want.items():
+        value, need = state[name], () if per_tensor else shape
+        if not isinstance(value, Tensor):
+            return f"{name} is a {type(value).__name__}, not a tensor"
+        if tuple(value.shape) != need:
+            return f"{name} has shape {tuple(value.shape)}, the parameter needs {need}"
+    return None
+
+
+def _step_problem(value: Any) -> str | None:
+    """Why ``value`` is not a step count (a whole number >= 0, as a number or a one-element tensor)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            return f"step has {value.numel()} elements, not one"
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"step is {type(value).__name__} {value!r}, not a number"
+    if not (math.isfinite(value) and value >= 0 and float(value).is_integer()):
+        return f"step must be a whole number >= 0, got {value}"
+    return None
+
+
+def _step_tensor(value: Any, copy: bool = False) -> Tensor:
+    """A step count as the step keeps it: a 0-d float32 CPU tensor (``value`` itself if it is one)."""
+    if isinstance(value, Tensor):
+        if not copy and value.dtype == torch.float32 and value.device.type == "cpu" and value.dim() == 0:
+            return value
+        return value.detach().to(device="cpu", dtype=torch.float32, copy=True).reshape(())
+    return torch.tensor(float(value), dtype=torch.float32)
+
+
+def _normalize_steps(states: Iterable[Any]) -> None:
+    """Make every ``state["step"]`` a 0-d float32 CPU tensor (older checkpoints hold numbers)."""
+    for state in states:
+        if isinstance(state, dict) and "step" in state:
+            state["step"] = _step_tensor(state["step"])
+
+
+def _check_saved_group(i: int, cur: dict[str, Any], old: Any) -> None:
+    """Refuse a saved param group that is not AutoSGM's or whose settings differ from ``cur``'s
+    (``lr``, ``foreach`` and ``fused`` may differ)."""
+    if not isinstance(old, dict) or "params" not in old:
+        raise ValueError(f"param group {i} of the state_dict is not a param group (a dict with 'params')")
+    foreign = sorted(str(k) for k in old if k in _FOREIGN_SETTINGS)
+    if foreign:
+        raise ValueError(
+            f"param group {i} of the state_dict holds settings AutoSGM does not have ({', '.join(foreign)}): "
+            "is it another optimizer's state_dict? Load a state_dict saved by AutoSGM"
+        )
+    diffs = [f"{k}: saved {old[k]!r}, here {cur[k]!r}" for k in _CONFIG_KEYS if _freeze(old[k]) != _freeze(cur[k])]
+    if diffs:
+        raise ValueError(
+            f"the state_dict was saved with other settings for param group {i} ("
+            + "; ".join(diffs)
+            + "); construct the optimizer with the saved settings (state_dict['param_groups'])"
+        )
 
 
 def _single_tensor_step(

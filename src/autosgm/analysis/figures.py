@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import save_figure
 from .filter import LowpassFilter, _real
 from .quadratic import (
     mean_square_rate,
@@ -32,13 +33,13 @@ _COLORS = {"RAW": "0.35", "PHB": "tab:blue", "NAG": "tab:orange", "OPT": "tab:gr
 
 
 def _save(fig, path: str | Path, dpi: int) -> Path:
-    """Write ``fig`` to ``path`` and release it."""
+    """Write ``fig`` to ``path`` (atomically) and release it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def _pyplot() -> Any:

@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._files import replacing, save_figure
+
 __all__ = [
     "QUANTITIES",
     "STATISTICS",
@@ -389,9 +391,9 @@ class TrajectoryProbe:
         return out
 
     def to_csv(self, path: str | Path) -> Path:
-        """Write :meth:`records` as CSV (header :data:`SUMMARY_KEYS`); returns the path."""
+        """Write :meth:`records` as CSV (header :data:`SUMMARY_KEYS`), atomically; returns the path."""
         path = Path(path)
-        with path.open("w", newline="") as fh:
+        with replacing(path) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(SUMMARY_KEYS))
             writer.writeheader()
             for row in self._records:
@@ -498,10 +500,10 @@ def trace_figure(
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------

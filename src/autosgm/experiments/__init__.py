@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .data import DataNotFoundError, cache_dir
 from .optimizers import GAMMA_POINTS, NUMERATORS, OptimizerConfig, parse_gamma, resolve_gamma
-from .results import append_result, completed_keys, read_results, run_key
+from .results import append_result, claim_run, completed_keys, read_results, run_key
 from .runner import resolve_device, run
 from .sweep import BASELINES, SweepSummary, grid, run_sweep
 from .tasks import TASKS, Task, TaskSettings, get_task_class, make_task
@@ -35,6 +35,7 @@ __all__ = [
     "TaskSettings",
     "append_result",
     "cache_dir",
+    "claim_run",
     "completed_keys",
     "get_task_class",
     "grid",

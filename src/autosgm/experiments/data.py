@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from .._files import replacing
 
 __all__ = [
     "DataNotFoundError",
@@ -29,6 +30,7 @@ __all__ = [
     "fetch_or_explain",
     "file_md5",
     "from_env_or_arg",
+    "read_text",
 ]
 
 
@@ -74,6 +76,15 @@ def from_env_or_arg(arg: str | os.PathLike[str] | None, env_var: str, what: str)
     return None
 
 
+def read_text(path: str | os.PathLike[str], what: str) -> str:
+    """The UTF-8 text of the data file ``path``; a ValueError naming the file when it is not UTF-8
+    text (e.g. a binary file given as ``--data``)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what}: {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); give a text file") from None
+
+
 def file_md5(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex MD5 digest of a file (used to check the official CIFAR-10 archive)."""
     digest = hashlib.md5()
@@ -84,7 +95,7 @@ def file_md5(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 def download(url: str, dest: str | os.PathLike[str], *, progress: bool = True, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` atomically (through ``dest + '.part'``), with a progress bar.
+    """Download ``url`` to ``dest`` atomically (through a temporary file beside it), with a progress bar.
 
     Raises :class:`OSError` (``urllib.error.URLError`` and friends) when the download fails; the
     callers turn that into a :class:`DataNotFoundError` that says where to put the file by hand.
@@ -93,31 +104,25 @@ def download(url: str, dest: str | os.PathLike[str], *, progress: bool = True, t
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            bar = None
-            if progress:
-                try:
-                    from tqdm.auto import tqdm
+    with replacing(dest) as part, urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        bar = None
+        if progress:
+            try:
+                from tqdm.auto import tqdm
 
-                    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", leave=False)
-                except ImportError:  # pragma: no cover - tqdm is part of the experiments extra
-                    bar = None
-            while True:
-                block = response.read(1 << 16)
-                if not block:
-                    break
-                out.write(block)
-                if bar is not None:
-                    bar.update(len(block))
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", leave=False)
+            except ImportError:  # pragma: no cover - tqdm is part of the experiments extra
+                bar = None
+        while True:
+            block = response.read(1 << 16)
+            if not block:
+                break
+            out.write(block)
             if bar is not None:
-                bar.close()
-        shutil.move(str(part), str(dest))
-    finally:
-        if part.exists():
-            part.unlink()
+                bar.update(len(block))
+        if bar is not None:
+            bar.close()
     return dest
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .._files import check_output_dir, check_output_file, save_figure, write_text
 from .optimizers import OptimizerConfig
 from .report import format_table, group_runs, summarize, unchanged_warnings
 from .results import read_results, run_key
@@ -64,14 +65,20 @@ def run_demo(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the demo and write its outputs; returns ``{"rows", "table", "figure", "results", "seconds"}``."""
+    """Run the demo and write its outputs; returns ``{"rows", "table", "figure", "results", "seconds"}``.
+
+    Every output location is checked before the first run
+    (:class:`~autosgm._files.OutputPathError`, a ``ValueError``, when one cannot be written).
+    """
     from .runner import resolve_device
 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
+    out = check_output_dir(out_dir, "the demo's output directory")
+    results, figure_path, summary_path = out / "results.jsonl", out / "demo.png", out / "summary.md"
+    for what, path in (("the demo's results", results), ("the demo's figure", figure_path),
+                       ("the demo's summary", summary_path)):  # fmt: skip
+        check_output_file(path, what)
     if fresh and results.exists():
         results.unlink()
     start = time.perf_counter()
@@ -87,11 +94,10 @@ def run_demo(
     records.sort(key=lambda r: (order[r["optimizer_key"]], r["seed"]))
     rows = summarize(records, ["loss", "acc"])
     table = format_table(rows)
-    figure = plot_demo(records, out / "demo.png")
+    figure = plot_demo(records, figure_path)
     seconds = time.perf_counter() - start
-    (out / "summary.md").write_text(
-        f"AutoSGM demo: digits MLP, {steps} steps, {seeds} seeds (mean ± sd), device {task.device}\n\n"
-        + format_table(rows, markdown=True) + "\n", encoding="utf-8")
+    title = f"AutoSGM demo: digits MLP, {steps} steps, {seeds} seeds (mean ± sd), device {task.device}"
+    write_text(summary_path, f"{title}\n\n{format_table(rows, markdown=True)}\n")
     log("")
     log(table)
     for line in unchanged_warnings(records):
@@ -99,7 +105,7 @@ def run_demo(
     gap = _adam_gap(records, configs)
     if gap is not None:
         log(f"\nAutoSGM at the Adam point vs torch AdamW: largest validation-loss difference {gap:.2e}")
-    log(f"\nfigure: {figure}\ntable:  {out / 'summary.md'}\nruns:   {results}\n({seconds:.1f} s)")
+    log(f"\nfigure: {figure}\ntable:  {summary_path}\nruns:   {results}\n({seconds:.1f} s)")
     return {"rows": rows, "table": table, "figure": figure, "results": results, "seconds": seconds}
 
 
@@ -156,7 +162,7 @@ def plot_demo(records: list[dict[str, Any]], out: str | os.PathLike[str]) -> Pat
     seeds = len({r["seed"] for r in records})
     fig.suptitle(f"AutoSGM demo: MLP on scikit-learn digits, mean ± sd over {seeds} seed{'s' if seeds != 1 else ''}", fontsize=11)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    try:
+        return save_figure(fig, out, dpi=150)
+    finally:
+        plt.close(fig)

@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .._files import save_figure
 from .report import Group, group_runs, select_task
 
 __all__ = ["COLORS", "choose_groups", "grid_figure", "plot_grid"]
@@ -90,7 +91,7 @@ def plot_grid(
 
     Args:
         records: records, or the path of a JSON-lines result file.
-        out: the image file to write (its directory is created).
+        out: the image file to write (its directory is created; written atomically).
         metric: ``"loss"`` or ``"acc"`` (classification tasks only).
         task: the task to draw when the file holds several.
         lr: draw every configuration at this learning rate where it was run (else at its best).
@@ -101,9 +102,10 @@ def plot_grid(
     fig = grid_figure(records, metric=metric, task=task, lr=lr, title=title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return out
+    try:
+        return save_figure(fig, out, dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def grid_figure(

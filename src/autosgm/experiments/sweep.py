@@ -4,6 +4,8 @@ The grid is numerator × γ × learning rate (AutoSGM, normalized oracle), plus 
 AdamW (at the same learning rates) and torch SGD-Nesterov (at its own learning rates), each for every
 seed. Every finished run is appended to the result file at once; a run whose key is already in the
 file is skipped, so an interrupted sweep continues where it stopped and a finished one does nothing.
+Two sweeps writing one file share its runs: each run is claimed first (:func:`~.results.claim_run`),
+and a run claimed by the other sweep is left to it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from .._files import check_output_file
 from .optimizers import OptimizerConfig
-from .results import append_result, completed_keys, run_key
+from .results import append_result, claim_run, completed_keys, run_key
 from .runner import run
 from .tasks.base import Task
 
@@ -25,16 +28,18 @@ BASELINES = ("adamw", "sgd-nesterov")
 
 @dataclass
 class SweepSummary:
-    """What a sweep did: runs executed, runs skipped (already in the file), diverged runs, the file."""
+    """What a sweep did: runs executed, runs skipped (already in the file), runs left to another
+    process writing the same file (``busy``), diverged runs, the file."""
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     diverged: list[str] = field(default_factory=list)
     path: Path | None = None
+    busy: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return len(self.ran) + len(self.skipped)
+        return len(self.ran) + len(self.skipped) + len(self.busy)
 
 
 def grid(
@@ -97,9 +102,12 @@ def run_sweep(
 ) -> SweepSummary:
     """Run every (seed, configuration) pair not yet in ``out``, appending one line per run.
 
-    Seeds are the outer loop, so that a partial sweep already holds complete seeds.
+    Seeds are the outer loop, so that a partial sweep already holds complete seeds. ``out`` is
+    checked before the first run (:class:`~autosgm._files.OutputPathError` when it cannot be
+    written). A run that another process writing ``out`` is running (or has just finished) is left
+    to it.
     """
-    out = Path(out)
+    out = check_output_file(out, "the result file")
     configs = list(configs)
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     done = completed_keys(out)
@@ -122,14 +130,23 @@ def run_sweep(
         bar = tqdm(total=len(todo), desc="sweep", position=0, dynamic_ncols=True)
     try:
         for key, seed, cfg in todo:
-            record = run(task, cfg, seed, progress=progress, desc=f"seed {seed} {cfg.display}", position=1 if bar else None)
-            append_result(out, record)
-            summary.ran.append(key)
-            if record["status"] != "ok":
-                summary.diverged.append(key)
+            with claim_run(out, key) as claimed:
+                if not claimed:
+                    summary.busy.append(key)
+                elif key in completed_keys(out):  # finished by another process since the start
+                    summary.skipped.append(key)
+                else:
+                    record = run(task, cfg, seed, progress=progress, desc=f"seed {seed} {cfg.display}",
+                                 position=1 if bar else None)  # fmt: skip
+                    append_result(out, record)
+                    summary.ran.append(key)
+                    if record["status"] != "ok":
+                        summary.diverged.append(key)
+                    if bar is not None:
+                        bar.set_postfix_str(f"last: {cfg.display} seed {seed} "
+                                            f"val_loss {record['final'].get('val_loss', float('nan')):.4g}")  # fmt: skip
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix_str(f"last: {cfg.display} seed {seed} val_loss {record['final'].get('val_loss', float('nan')):.4g}")
     finally:
         if bar is not None:
             bar.close()

@@ -211,6 +211,12 @@ class ClassificationTask(Task):
         return perm[:k].sort().values
 
     def _setup_eval(self) -> None:
+        """Check the settings against the loaded data and fix the evaluation subsets (called by the
+        subclasses once their data are loaded)."""
+        n_train = self.y_train.numel()
+        if self.settings.batch_size > n_train:
+            raise ValueError(f"batch_size ({self.settings.batch_size}) exceeds the number of training examples of "
+                             f"{self.name} ({n_train})")  # fmt: skip
         self._eval_train = self._eval_indices(self.y_train.numel())
         self._eval_val = self._eval_indices(self.y_val.numel())
 

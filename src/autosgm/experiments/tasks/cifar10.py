@@ -8,6 +8,12 @@ directory ``cifar-10-batches-py`` (or a directory holding the batch files) at ``
 the official archive into the cache. Images are normalized with the usual per-channel mean and
 standard deviation; training batches get a random 4-pixel-padded crop and a horizontal flip.
 
+The batches are pickles. They are read by an unpickler that builds arrays, lists, numbers and
+strings and nothing else, so loading one runs no code it may contain; the batches in the cache are
+checked against the MD5 digests of the official files first, and the archive against its published
+MD5 before it is extracted (with ``tarfile``'s ``"data"`` filter). A ``--data`` directory or
+``$AUTOSGM_CIFAR10`` is the user's own copy and is not checked: it must be trusted.
+
 Models:
 
 * ``resnet18`` — the CIFAR ResNet-18: a 3×3 stride-1 stem (no max-pool), four stages of two basic
@@ -33,11 +39,21 @@ from .. import data as data_mod
 from ..gpt import Block
 from .base import ClassificationTask, TaskSettings
 
-__all__ = ["Cifar10Settings", "Cifar10Task", "ResNet18", "ViT", "find_cifar10", "load_cifar10", "CIFAR10_URL", "ENV_VAR"]
+__all__ = ["Cifar10Settings", "Cifar10Task", "ResNet18", "ViT", "find_cifar10", "load_cifar10", "BATCH_MD5", "CIFAR10_URL",
+           "ENV_VAR"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-#: MD5 of the official archive (checked after a download).
+#: MD5 of the official archive (checked before it is extracted).
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+#: MD5 of each batch file of the official archive (checked before the cache's copies are read).
+BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 ENV_VAR = "AUTOSGM_CIFAR10"
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -56,10 +72,11 @@ def _batch_dir(root: Path) -> Path | None:
 def find_cifar10(path: str | None = None, *, allow_download: bool = True, progress: bool = True) -> Path:
     """The directory holding the CIFAR-10 python batches.
 
-    Looks at ``path``, else ``$AUTOSGM_CIFAR10``, else the cache; each may be the
-    ``cifar-10-batches-py`` directory or its parent. Otherwise downloads the official archive into the
-    cache and extracts it. Raises :class:`~autosgm.experiments.data.DataNotFoundError` with the path
-    to set when none works.
+    Looks at ``path``, else ``$AUTOSGM_CIFAR10`` (the user's copy, used as it is), else the cache,
+    whose batches must match the official files' MD5 digests (:data:`BATCH_MD5`); each may be the
+    ``cifar-10-batches-py`` directory or its parent. Otherwise extracts the official archive in the
+    cache (downloaded first if missing) once it matches its published MD5. Raises
+    :class:`~autosgm.experiments.data.DataNotFoundError` with the path to set when none works.
     """
     given = data_mod.from_env_or_arg(path, ENV_VAR, "CIFAR-10")
     needed = ", ".join((*TRAIN_FILES, TEST_FILE))
@@ -73,7 +90,7 @@ def find_cifar10(path: str | None = None, *, allow_download: bool = True, progre
         return found
     cache = data_mod.cache_dir()
     found = _batch_dir(cache)
-    if found is not None:
+    if found is not None and _failed_md5(found) is None:
         return found
     archive = cache / "cifar-10-python.tar.gz"
     message = (
@@ -82,30 +99,78 @@ def find_cifar10(path: str | None = None, *, allow_download: bool = True, progre
     )
     if not archive.is_file():
         data_mod.fetch_or_explain(CIFAR10_URL, archive, message, allow_download=allow_download, progress=progress)
-        if CIFAR10_MD5 and data_mod.file_md5(archive) != CIFAR10_MD5:
-            archive.unlink()
-            raise data_mod.DataNotFoundError(f"{message} (the downloaded archive failed its MD5 check)")
-    with tarfile.open(archive, "r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(BATCH_DIR + "/") and (m.isfile() or m.isdir())]
-        try:
-            tar.extractall(cache, members=members, filter="data")
-        except TypeError:  # pragma: no cover - Python < 3.10.12 has no extraction filters
-            tar.extractall(cache, members=members)
+    if data_mod.file_md5(archive) != CIFAR10_MD5:
+        archive.unlink()
+        raise data_mod.DataNotFoundError(f"{message} (the archive {archive} failed its MD5 check and was removed)")
+    _extract_batches(archive, cache, message)
     found = _batch_dir(cache)
     if found is None:
         raise data_mod.DataNotFoundError(f"{message} (the archive {archive} does not contain {BATCH_DIR}/ with {needed})")
+    failed = _failed_md5(found)
+    if failed is not None:
+        raise data_mod.DataNotFoundError(f"{message} ({found / failed} does not match the official file's MD5)")
     return found
 
 
+def _failed_md5(directory: Path) -> str | None:
+    """The first batch file in ``directory`` whose MD5 is not the official file's, or None."""
+    for name in (*TRAIN_FILES, TEST_FILE):
+        if data_mod.file_md5(directory / name) != BATCH_MD5[name]:
+            return name
+    return None
+
+
+def _extract_batches(archive: Path, cache: Path, message: str) -> None:
+    """Extract the batch directory of the (verified) archive into ``cache``, through tarfile's
+    ``"data"`` filter (no links out of the directory, no special files, no absolute paths)."""
+    if not hasattr(tarfile, "data_filter"):  # Python < 3.10.12 / 3.11.4
+        raise data_mod.DataNotFoundError(
+            f"{message} (this Python has no tarfile extraction filters, needed to extract the archive safely: "
+            "use Python >= 3.10.12, or extract it yourself)"
+        )
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(BATCH_DIR + "/") and (m.isfile() or m.isdir())]
+        tar.extractall(cache, members=members, filter="data")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 batch holds (numpy arrays, lists, numbers, strings) and refuses
+    any other object, so that loading a file runs no code it may contain."""
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # (protocol 5)
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    })  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it holds an object of type {module}.{name}, which a CIFAR-10 batch does not")
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    with open(path, "rb") as fh:
-        batch = pickle.load(fh, encoding="bytes")
+    """Images and labels of one batch file; ValueError naming the file when it is not a batch."""
+    try:
+        with open(path, "rb") as fh:
+            batch = _BatchUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"{path} is not a CIFAR-10 python batch: {exc}") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path} is not a CIFAR-10 python batch: it holds a {type(batch).__name__}, not a dict")
     images = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if images is None or labels is None:
         raise ValueError(f"{path} is not a CIFAR-10 batch (no data/labels entries)")
-    x = torch.as_tensor(images, dtype=torch.uint8).reshape(-1, 3, 32, 32)
-    return x, torch.as_tensor(list(labels), dtype=torch.long)
+    try:
+        x = torch.as_tensor(images, dtype=torch.uint8).reshape(-1, 3, 32, 32)
+        y = torch.as_tensor(list(labels), dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path} is not a CIFAR-10 batch: its data or labels have the wrong form ({exc})") from None
+    if y.numel() != x.shape[0]:
+        raise ValueError(f"{path} is not a CIFAR-10 batch: {x.shape[0]} images but {y.numel()} labels")
+    return x, y
 
 
 def load_cifar10(directory: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -225,7 +290,8 @@ class Cifar10Task(ClassificationTask):
     default_sgd_lr = 0.1
     default_weight_decay = 0.05
     default_sgd_weight_decay = 5e-4
-    data_help = f"--data DIR or ${ENV_VAR} (directory with the python batches), else the cache, else a download of {CIFAR10_URL}"
+    data_help = (f"--data DIR or ${ENV_VAR} (directory with the python batches; must be trusted), else the cache "
+                 f"(MD5-checked), else a download of {CIFAR10_URL}")
 
     def __init__(self, settings: Cifar10Settings, device: torch.device, data: str | None = None, *,
                  allow_download: bool = True, progress: bool = True) -> None:

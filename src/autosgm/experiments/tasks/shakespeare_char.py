@@ -78,7 +78,7 @@ class ShakespeareCharTask(LanguageModelTask):
 
         super().__init__(settings, device)
         self.path = find_corpus(data, allow_download=allow_download, progress=progress)
-        text = self.path.read_text(encoding="utf-8")
+        text = data_mod.read_text(self.path, "tiny-shakespeare corpus")
         if len(text) < 100:
             raise ValueError(f"the corpus {self.path} is too short ({len(text)} characters)")
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)

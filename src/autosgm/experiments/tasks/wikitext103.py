@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..._files import replacing
 from .. import data as data_mod
 from ..gpt import LanguageModelTask, LMSettings
 
@@ -102,8 +104,7 @@ def _gpt2_tokens(path: Path, progress: bool):
         return np.load(cache, mmap_mode="r")
     enc = tiktoken.get_encoding("gpt2")
     pieces = []
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.readlines()
+    lines = io.StringIO(data_mod.read_text(path, "WikiText-103")).readlines()
     chunk = 20000
     steps = range(0, len(lines), chunk)
     if progress:
@@ -115,9 +116,8 @@ def _gpt2_tokens(path: Path, progress: bool):
         pieces.append(np.asarray(ids, dtype=np.uint16))
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint16)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".part.npy")
-    np.save(tmp, tokens)
-    os.replace(tmp, cache)
+    with replacing(cache) as tmp:
+        np.save(tmp, tokens)
     return tokens
 
 
