@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .design import default_eta, step_response
 from .windows import Window
 
 __all__ = [
@@ -178,13 +179,7 @@ class AutoSGMConfig:
 
     def filter_debias(self, t: int) -> float:
         """Unit-step response ``S[t] = η[(1 − β^t) − γ(1 − β^(t−1))]/(1 − β)`` (1 when off)."""
-        if not self.debias:
-            return 1.0
-        b = self.beta
-        s = (1.0 - b**t) - self.gamma * (1.0 - b ** (t - 1))
-        if self.eta != 1.0 - b:  # for Adam's point the factor is exactly 1
-            s *= self.eta / (1.0 - b)
-        return s
+        return step_response(self.beta, self.gamma, self.eta, t) if self.debias else 1.0
 
     def moment_debias(self, t: int) -> float:
         """``1 − β_a^t`` (1 when debias is off)."""
@@ -249,7 +244,7 @@ class AutoSGMConfig:
             raise ValueError(f"gamma must be < 1, got {gamma}")
         eta = group["eta"]
         if eta is None:
-            eta = (1.0 - beta) / (1.0 - gamma)
+            eta = default_eta(beta, gamma)
         else:
             eta = _real("eta", eta)
             if not (eta > 0.0 and math.isfinite(eta)):

@@ -17,6 +17,7 @@ from . import pipeline as P
 from .fused import FusedLayout, fused_step
 from .packing import CpuLayout, cpu_step, pack_scalars
 from .config import SEED_KEYS, ZERO_TENSOR_START, AutoSGMConfig, check_lr, numerator_name, parse_seed_tuples
+from .design import nesterov_eta, nesterov_gamma
 from .windows import Window
 
 __all__ = ["AutoSGM", "StepRecord"]
@@ -228,8 +229,8 @@ class AutoSGM(Optimizer):
     def nesterov(cls, params, lr: float = 1e-3, *, momentum: float = 0.9, weight_decay: float = 0.0,
                  **kwargs: Any) -> "AutoSGM":  # fmt: skip
         """Nesterov: β, γ = β/(1+β), η = 1+β — ``torch.optim.SGD(lr, momentum, nesterov=True)``."""
-        return cls(params, lr, betas=(momentum, 0.999), gamma=momentum / (1.0 + momentum),
-                   eta=1.0 + momentum, debias=False, normalize=False, weight_decay=weight_decay,
+        return cls(params, lr, betas=(momentum, 0.999), gamma=nesterov_gamma(momentum),
+                   eta=nesterov_eta(momentum), debias=False, normalize=False, weight_decay=weight_decay,
                    **kwargs)  # fmt: skip
 
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..design import mls_gamma, nesterov_gamma
 from .._files import save_figure
 from .filter import LowpassFilter, _real
 from .quadratic import (
@@ -51,12 +52,6 @@ def _pyplot() -> Any:
     return plt
 
 
-def _nag_gamma(beta: np.ndarray) -> np.ndarray:
-    return beta / (1.0 + beta)
-
-
-def _mls_gamma(beta: np.ndarray) -> np.ndarray:
-    return 1.0 - np.sqrt(2.0 * (1.0 - beta))
 
 
 def design_space_figure(path: str | Path, *, resolution: int = 240, dpi: int = 110) -> Path:
@@ -100,9 +95,9 @@ def design_space_figure(path: str | Path, *, resolution: int = 240, dpi: int = 1
         ax.contour(b_grid, g_grid, np.where(lowpass, rho, np.nan), [1.0], colors="firebrick", linewidths=1.6)
         ax.plot(betas, betas, color="k", lw=1.2)
         ax.plot(betas, np.zeros_like(betas), color="w", lw=2.2, ls="--", label=r"PHB  $\gamma=0$")
-        ax.plot(betas, _nag_gamma(betas), color="w", lw=2.2, label=r"NAG  $\gamma=\beta/(1+\beta)$")
+        ax.plot(betas, nesterov_gamma(betas), color="w", lw=2.2, label=r"NAG  $\gamma=\beta/(1+\beta)$")
         ax.plot(
-            betas, _mls_gamma(betas), color="w", lw=2.2, ls=":", label=r"MLS  $\gamma=1-\sqrt{2(1-\beta)}$"
+            betas, mls_gamma(betas), color="w", lw=2.2, ls=":", label=r"MLS  $\gamma=1-\sqrt{2(1-\beta)}$"
         )
         ax.text(0.12, 0.62, "not low-pass\n" + r"($\gamma>\beta$)", fontsize=10, color="0.25")
         ax.text(0.35, 0.295, r"$\gamma=\beta$", rotation=33, fontsize=9, color="k")
@@ -160,7 +155,7 @@ def comparison_designs(beta: float = 0.9, lam: float = 1.0, alpha: float | None 
     alpha = _real("alpha", alpha)
     opt = optimal_design(beta, lam)
     out = [Design("RAW", 0.0, 0.0, 1.0, alpha)]
-    for name, gamma in (("PHB", 0.0), ("NAG", beta / (1.0 + beta)), ("MLS", 1.0 - math.sqrt(2.0 * (1.0 - beta)))):
+    for name, gamma in (("PHB", 0.0), ("NAG", nesterov_gamma(beta)), ("MLS", mls_gamma(beta))):
         f = LowpassFilter(beta, gamma, None)
         out.append(Design(name, f.beta, f.gamma, float(f.eta), alpha))
     out.append(Design("OPT", opt.beta, opt.gamma, opt.eta, opt.alpha))

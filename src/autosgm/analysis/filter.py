@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import design
+
 __all__ = ["LowpassFilter", "DESIGN_POINTS", "default_eta"]
 
 
@@ -61,7 +63,7 @@ def default_eta(beta: float, gamma: float) -> float:
     beta = _real("beta", beta)
     gamma = _real("gamma", gamma)
     _check_pole_zero(beta, gamma)
-    return (1.0 - beta) / (1.0 - gamma)
+    return design.default_eta(beta, gamma)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class LowpassFilter:
         gamma = _real("gamma", self.gamma)
         _check_pole_zero(beta, gamma)
         if self.eta is None:
-            eta = (1.0 - beta) / (1.0 - gamma)
+            eta = design.default_eta(beta, gamma)
         else:
             eta = _real("eta", self.eta)
             if eta <= 0.0:
@@ -107,7 +109,7 @@ class LowpassFilter:
     def nesterov(cls, beta: float) -> LowpassFilter:
         """Nesterov (torch ``SGD(momentum=β, nesterov=True)``): ``γ = β/(1+β)``, ``η = 1 + β``."""
         beta = _real("beta", beta)
-        return cls(beta, beta / (1.0 + beta), 1.0 + beta)
+        return cls(beta, design.nesterov_gamma(beta), design.nesterov_eta(beta))
 
     @classmethod
     def adam(cls, beta: float) -> LowpassFilter:
@@ -121,7 +123,7 @@ class LowpassFilter:
         beta = _real("beta", beta)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must satisfy 0 <= beta < 1, got {beta}")
-        return cls(beta, 1.0 - math.sqrt(2.0 * (1.0 - beta)), None)
+        return cls(beta, design.mls_gamma(beta), None)
 
     # ----------------------------------------------------------------- closed forms
     @property
@@ -168,9 +170,7 @@ class LowpassFilter:
         This is the spec's debias divisor; ``S[t] → dc_gain`` as ``t → ∞``.
         """
         n = _count("n", n)
-        t = np.arange(1, n + 1, dtype=np.float64)
-        b, g = self.beta, self.gamma
-        return self._eta * ((1.0 - b**t) - g * (1.0 - b ** (t - 1.0))) / (1.0 - b)
+        return design.step_response(self.beta, self.gamma, self._eta, np.arange(1, n + 1, dtype=np.float64))
 
     def frequency_response(self, omega: Any) -> np.ndarray:
         """``H(e^{jω}) = η (1 − γ e^{−jω})/(1 − β e^{−jω})`` (complex, ω in rad/sample)."""

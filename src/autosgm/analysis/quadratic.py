@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import design
+
 from .filter import _count, _real, default_eta
 
 __all__ = [
@@ -244,7 +246,7 @@ def optimal_design(beta: float, lam: float, eta: float | None = None) -> Optimal
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must satisfy 0 <= beta < 1, got {beta}")
     lam = _lam(lam)
-    gamma = beta / (1.0 + beta)
+    gamma = design.nesterov_gamma(beta)
     beta, gamma, eta = _design(beta, gamma, eta)
     return OptimalDesign(beta, gamma, eta, (1.0 + beta) / (eta * lam))
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from autosgm.config import ZERO_TENSOR_START
+from autosgm.config import NUMERATORS, ZERO_TENSOR_START
+from autosgm.design import GAMMA_POINTS, nesterov_eta
 
 __all__ = [
     "GAMMA_POINTS",
@@ -34,15 +35,6 @@ __all__ = [
     "resolve_gamma",
 ]
 
-#: Named filter zeros: name -> γ(β).
-GAMMA_POINTS = {
-    "0": lambda beta: 0.0,
-    "nag": lambda beta: beta / (1.0 + beta),
-    "mls": lambda beta: 1.0 - math.sqrt(2.0 * (1.0 - beta)),
-}
-
-#: Readable numerator names of AutoSGM (spec section 4).
-NUMERATORS = ("unity", "parcor-bounded", "parcor-maxbound", "parcor-markov", "parcor-chebyshev", "corr")
 
 #: ``autosgm`` is the AutoSGM optimizer; ``adamw`` and ``sgd`` are the torch.optim baselines.
 OPTIMIZER_NAMES = ("autosgm", "adamw", "sgd")
@@ -208,7 +200,8 @@ class OptimizerConfig:
         decay (= torch SGD Nesterov)."""
         kw.setdefault("label", "AutoSGM Nesterov")
         kw.setdefault("decoupled", False)
-        return cls(name="autosgm", lr=lr, gamma="nag", beta=beta, eta=1.0 + beta, debias=False, normalize=False, **kw)
+        return cls(name="autosgm", lr=lr, gamma="nag", beta=beta, eta=nesterov_eta(beta), debias=False, normalize=False,
+                   **kw)
 
     @classmethod
     def heavy_ball_point(cls, lr: float, beta: float = 0.9, **kw: Any) -> "OptimizerConfig":
