@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -295,12 +295,6 @@ class AutoSGMConfig:
         cfg._check_range(group["eta"])
         return cfg
 
-    def summary(self) -> str:
-        """One line per non-default setting, for ``repr``."""
-        out = []
-        for f in fields(self):
-            out.append(f"{f.name}={getattr(self, f.name)!r}")
-        return ", ".join(out)
 
 
 def check_lr(lr: Any, cfg: AutoSGMConfig | None = None) -> None:

@@ -151,15 +151,9 @@ def step_scalars(cfg: AutoSGMConfig, t: int, mu: float) -> tuple[StepScalars, fl
 class _TensorOps:
     """Stage primitives on a single tensor (scalars are Python floats or 0-d tensors)."""
 
-    many = False
-
     @staticmethod
     def neg(x: Tensor) -> Tensor:
         return torch.neg(x)
-
-    @staticmethod
-    def neg_(x: Tensor) -> None:
-        x.neg_()
 
     @staticmethod
     def add(x: Tensor, y: Any, alpha: float = 1.0) -> Tensor:
@@ -220,20 +214,12 @@ class _TensorOps:
         x.lerp_(y, weight)
 
     @staticmethod
-    def copy_(x: Tensor, y: Tensor) -> None:
-        x.copy_(y)
-
-    @staticmethod
     def sqrt(x: Tensor) -> Tensor:
         return torch.sqrt(x)
 
     @staticmethod
     def abs(x: Tensor) -> Tensor:
         return torch.abs(x)
-
-    @staticmethod
-    def sign(x: Tensor) -> Tensor:
-        return torch.sign(x)
 
     @staticmethod
     def minimum(x: Tensor, y: float) -> Tensor:
@@ -310,15 +296,9 @@ class _ForeachOps:
     quantities is one ordinary tensor kernel.
     """
 
-    many = True
-
     @staticmethod
     def neg(x):
         return torch.neg(x) if isinstance(x, Tensor) else torch._foreach_neg(x)
-
-    @staticmethod
-    def neg_(x) -> None:
-        x.neg_() if isinstance(x, Tensor) else torch._foreach_neg_(x)
 
     @staticmethod
     def add(x, y, alpha: float = 1.0):
@@ -390,10 +370,6 @@ class _ForeachOps:
             torch._foreach_lerp_(x, y, weight)
 
     @staticmethod
-    def copy_(x, y) -> None:
-        torch._foreach_copy_(x, y)
-
-    @staticmethod
     def sqrt(x):
         if isinstance(x, Tensor):
             return torch.sqrt(x)
@@ -402,10 +378,6 @@ class _ForeachOps:
     @staticmethod
     def abs(x):
         return torch._foreach_abs(x)
-
-    @staticmethod
-    def sign(x):
-        return torch._foreach_sign(x)
 
     @staticmethod
     def minimum(x, y: float):
@@ -547,9 +519,6 @@ class _PerTensorOps:
 
     def neg(self, x):
         return PerTensor(-x.v) if isinstance(x, PerTensor) else super().neg(x)
-
-    def neg_(self, x) -> None:
-        _v(x).neg_()
 
     def add(self, x, y, alpha=1.0):
         if isinstance(x, PerTensor):
