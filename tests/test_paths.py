@@ -531,11 +531,11 @@ def test_fused_survives_a_deepcopy_and_a_state_dict_reload_mid_run():
 
 
 def test_fused_without_direct_calls_goes_through_torch_compile(monkeypatch):
-    """The form of other devices (and of a torch without the expected inductor program): every
-    call through ``torch.compile`` and its guards; the same results."""
+    """The form of other devices and of torch versions the direct calls were not verified on:
+    every call through the public ``torch.compile`` and its guards; the same results."""
     from autosgm import fused
 
-    monkeypatch.setattr(fused, "DIRECT_CALLS", False)
+    monkeypatch.setattr(fused, "DIRECT_CALL_TORCH", ())  # a torch version the direct calls were not verified on
     monkeypatch.setattr(fused, "_KERNELS", {})
     ref = run(CASES["parcor-markov-tensor"], dict(foreach=False), dtype=torch.float32, large=True)
     got = run(CASES["parcor-markov-tensor"], dict(fused=True), dtype=torch.float32, large=True)
@@ -593,3 +593,11 @@ def test_fused_compiles_a_bounded_number_of_programs_for_many_tensors():
     assert len(params) > 150 - 10
     assert dynamo_utils.counters["stats"]["unique_graphs"] - before <= 4
     assert all(math.isfinite(p.sum().item()) for p in params)
+
+
+def test_direct_calls_only_on_the_torch_versions_they_were_verified_on():
+    from autosgm.fused import DIRECT_CALL_TORCH, direct_calls_verified
+
+    assert direct_calls_verified("2.13.0") and direct_calls_verified("2.13.0+cpu") and direct_calls_verified("2.13.1")
+    assert not direct_calls_verified("2.14.0") and not direct_calls_verified("2.6.0+cu124")
+    assert direct_calls_verified() == (".".join(torch.__version__.split("+")[0].split(".")[:2]) in DIRECT_CALL_TORCH)

@@ -23,8 +23,10 @@ into a workspace that rides along with the first call (their state is one flat b
 the weights copied back). Parameters are passed as cached 1-D aliases, checked each step by data
 pointer.
 
-On the CPU a kind of call is compiled once on stand-in tensors and its inductor program is then
-called directly (:class:`_Direct`), without ``torch.compile``'s guards and wrappers: with the CPU
+On the CPU, with a torch version on which it was verified (:data:`DIRECT_CALL_TORCH`: it reads
+inductor's private ``CompiledFxGraph``), a kind of call is compiled once on stand-in tensors and its
+inductor program is then called directly (:class:`_Direct`), without ``torch.compile``'s guards and
+wrappers; with any other torch every call goes through the public ``torch.compile``: with the CPU
 caches cold, as they are after a forward and backward pass, a guarded call cost about 350 µs on
 the benchmark machine, the program alone 45 µs (torch's ``_fused_adam_``: 65–80 µs). The program
 still checks each input's size and stride against the sizes it is given.
@@ -124,7 +126,7 @@ class _Kernel:
         kind = (len(ws), seg is None)
         if kind not in self.directs:
             self.directs[kind] = None
-            if DIRECT_CALLS and ws[0].device.type == "cpu":
+            if ws[0].device.type == "cpu" and direct_calls_verified():
                 self.directs[kind] = _Direct.capture(self.compiled, ws, gs, states, scalars, seg, inv_count,
                                                      per_tensor)  # fmt: skip
         return self.directs[kind]
@@ -141,8 +143,17 @@ class _Kernel:
         self.compiled(ws, gs, states, scalars, seg, inv_count)
 
 
-#: Whether compiled kernels on the CPU are called directly (:class:`_Direct`).
-DIRECT_CALLS = True
+#: The torch versions (major.minor) on which calling the compiled programs directly was verified.
+#: :class:`_Direct` reads inductor's private ``CompiledFxGraph``; with any other torch every call goes
+#: through the public ``torch.compile`` (slower per call, the same results).
+DIRECT_CALL_TORCH = ("2.13",)
+
+
+def direct_calls_verified(version: str | None = None) -> bool:
+    """Whether this torch (or ``version``) is one on which the direct calls were verified."""
+    release = (version or torch.__version__).split("+")[0].split(".")
+    return ".".join(release[:2]) in DIRECT_CALL_TORCH
+
 #: Sizes of the stand-in tensors a kind of call is compiled on (all different, so that each size
 #: argument of the compiled program names one tensor): item ``j`` has ``_STAND_IN + 2 j``
 #: elements, a packed workspace ``_STAND_IN_PACK`` tensors.
