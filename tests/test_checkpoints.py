@@ -284,28 +284,39 @@ def test_a_state_dict_with_only_lr_loads():
     }
 
 
+def _resume_edited(make, steps: int, edit, seed: int):
+    """Train ``steps`` steps straight, and ``steps // 2`` then a resume from the half-way
+    ``state_dict`` changed by ``edit(sd)`` into fresh objects; returns both and the edited dict."""
+    ref = make_net()
+    ref_opt = make(ref)
+    train(ref, ref_opt, steps)
+    net = make_net()
+    opt = make(net)
+    half = steps // 2
+    train(net, opt, half)
+    sd = _roundtrip(opt.state_dict())
+    edit(sd)
+    fresh = make_net(seed=seed)
+    fresh.load_state_dict(net.state_dict())
+    fresh_opt = make(fresh)
+    fresh_opt.load_state_dict(sd)
+    train(fresh, fresh_opt, steps - half, start=half)
+    return (ref, ref_opt), (fresh, fresh_opt), sd
+
+
 def test_a_missing_option_takes_the_value_this_optimizer_was_constructed_with():
     """A setting the checkpoint does not name is the one the caller asks for now, not the library
     default: a ``maximize=True`` optimizer loads a checkpoint written before ``maximize`` existed."""
     def make(net):
         return AutoSGM(net.parameters(), lr=1e-2, gamma=0.3, maximize=True)
 
-    ref = make_net()
-    ref_opt = make(ref)
-    train(ref, ref_opt, 8)
-    net = make_net()
-    opt = make(net)
-    train(net, opt, 4)
-    sd = _roundtrip(opt.state_dict())
-    for key in ("maximize", "gamma"):
-        del sd["param_groups"][0][key]
-    fresh = make_net(seed=3)
-    fresh.load_state_dict(net.state_dict())
-    fresh_opt = make(fresh)
-    fresh_opt.load_state_dict(sd)
+    def drop(sd):
+        for key in ("maximize", "gamma"):
+            del sd["param_groups"][0][key]
+
+    (ref, ref_opt), (fresh, fresh_opt), sd = _resume_edited(make, 8, drop, seed=3)
     assert fresh_opt.param_groups[0]["maximize"] is True and fresh_opt.param_groups[0]["gamma"] == 0.3
     assert "maximize" not in sd["param_groups"][0]  # the caller's state_dict is not changed
-    train(fresh, fresh_opt, 4, start=4)
     assert max_rel_diff(fresh, ref) == 0.0
     _states_equal(fresh_opt, fresh, ref_opt, ref)
 
@@ -322,22 +333,13 @@ def test_a_step_stored_as_a_number_loads_on_every_path(path, kind):
     def make(net):
         return AutoSGM(net.parameters(), lr=1e-2, gamma=0.3, numerator="parcor-markov", **paths[path])
 
-    ref = make_net()
-    ref_opt = make(ref)
-    train(ref, ref_opt, 6)
-    net = make_net()
-    opt = make(net)
-    train(net, opt, 3)
-    sd = _roundtrip(opt.state_dict())
-    for st in sd["state"].values():
-        st["step"] = kind(st["step"].item())
-    fresh = make_net(seed=4)
-    fresh.load_state_dict(net.state_dict())
-    fresh_opt = make(fresh)
-    fresh_opt.load_state_dict(sd)
-    for st in fresh_opt.state.values():
+    def as_numbers(sd):
+        for st in sd["state"].values():
+            st["step"] = kind(st["step"].item())
+
+    (ref, _), (fresh, fresh_opt), _ = _resume_edited(make, 6, as_numbers, seed=4)
+    for st in fresh_opt.state.values():  # (normalized on load; checked after the resumed steps too)
         assert st["step"].dtype == torch.float32 and st["step"].device.type == "cpu" and st["step"].dim() == 0
-    train(fresh, fresh_opt, 3, start=3)
     assert max_rel_diff(fresh, ref) <= (1e-6 if path == "fused" else 0.0)
 
 
