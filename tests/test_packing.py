@@ -86,7 +86,7 @@ def _step(opt: AutoSGM, params: list[nn.Parameter], k: int) -> None:
 
 
 def _layout(opt: AutoSGM) -> packing.CpuLayout:
-    (bucket,) = opt._path_caches[0].buckets
+    (bucket,) = opt._plans[0].buckets
     return bucket.cpu
 
 
@@ -118,7 +118,7 @@ def test_workspace_above_the_limit_is_dropped_after_each_step(monkeypatch):
     ref = run(CASES["parcor-markov-tensor"], dict(foreach=False))
     got = run(CASES["parcor-markov-tensor"], dict(foreach=True))
     assert worst_difference(got, ref, tol32=FOREACH_TOL32)[0] <= 1e-12
-    for cache in got[1]._path_caches.values():
+    for cache in got[1]._plans.values():
         for bucket in cache.buckets:
             assert bucket.cpu is None or bucket.cpu.arena.bufs == {}
 
@@ -128,7 +128,7 @@ def test_unity_keeps_the_foreach_lists_and_numerators_take_the_layout(numerator)
     params = _mixed_params()
     opt = AutoSGM(params, numerator=numerator, foreach=True)
     _step(opt, params, 0)
-    (bucket,) = opt._path_caches[0].buckets
+    (bucket,) = opt._plans[0].buckets
     assert (bucket.cpu is None) == (numerator == "unity")
 
 

@@ -203,6 +203,9 @@ class AutoSGM(Optimizer):
         if isinstance(defaults["window"], Window):
             defaults["window"] = defaults["window"].to_dict()
         self._cfg_cache: dict[int, tuple[tuple, AutoSGMConfig]] = {}
+        #: Per group index: the multi-tensor and fused paths' plan (buckets, packed state), kept while
+        #: the group's parameters with gradients, settings, path and state object stay the same.
+        self._plans: dict[int, _GroupCache] = {}
         #: Per group index: (group, the configuration its state was last stepped or loaded with).
         self._state_configs: dict[int, tuple[dict[str, Any], AutoSGMConfig]] = {}
         self._trajectory_hooks: OrderedDict[int, Callable[..., None]] = OrderedDict()
@@ -289,6 +292,7 @@ class AutoSGM(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_cfg_cache", {})
+        self.__dict__.setdefault("_plans", {})
         self.__dict__.setdefault("_trajectory_hooks", OrderedDict())
         self.__dict__.setdefault("last_window_values", [])
         self.__dict__.setdefault("skipped_steps", [])
@@ -467,7 +471,7 @@ class AutoSGM(Optimizer):
                     mu: float, path: str) -> float:  # fmt: skip
         """Step one group's parameters (those with gradients) on the chosen path; returns F."""
         if path == "single":
-            self.__dict__.get("_path_caches", {}).pop(gi, None)  # its step counts may now differ
+            self._plans.pop(gi, None)  # its step counts may now differ
             F = 1.0
             for p in params:
                 w = torch.view_as_real(p) if torch.is_complex(p) else p
@@ -904,7 +908,7 @@ def _group_cache(opt: "AutoSGM", gi: int, group: dict[str, Any], params: list[Te
                  cfg: AutoSGMConfig, fused: bool) -> _GroupCache:  # fmt: skip
     """The group's buckets, rebuilt when the set of parameters with gradients, the settings,
     the path or the optimizer's state object (``load_state_dict``) changed."""
-    caches: dict[int, _GroupCache] = opt.__dict__.setdefault("_path_caches", {})
+    caches = opt._plans
     key = tuple(map(id, params))
     cache = caches.get(gi)
     if (cache is not None and cache.key == key and cache.group is group and cache.state is opt.state
