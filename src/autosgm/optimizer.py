@@ -15,7 +15,7 @@ from torch.utils.hooks import RemovableHandle
 
 from . import pipeline as P
 from .fused import FusedLayout, fused_step
-from .packing import CpuLayout, cpu_step, pack_scalars
+from .packing import CpuLayout, chunks_by_size, cpu_step, pack_scalars
 from .config import SEED_KEYS, ZERO_TENSOR_START, AutoSGMConfig, check_lr, numerator_name, parse_seed_tuples
 from .design import nesterov_eta, nesterov_gamma
 from .windows import Window
@@ -866,7 +866,8 @@ class _Bucket:
         short = not cfg.normalize and cfg.numerator == "unity" and cfg.gamma == 0.0
         chunk = FOREACH_CHUNK_PLAIN if short else FOREACH_CHUNK
         self.chunks = []
-        for sl in _slices_by_size([p.numel() for p in params], chunk):
+        for run in chunks_by_size(list(range(len(params))), [p.numel() for p in params], chunk):
+            sl = slice(run[0], run[-1] + 1)
             self.chunks.append((sl, {k: v[sl] for k, v in buffers.items()}))
 
 
@@ -879,18 +880,6 @@ FOREACH_CHUNK_PLAIN = 1 << 20
 #: pack with a reused workspace (:mod:`autosgm.packing`) instead of ``torch._foreach_*`` over lists
 #: (the ``unity`` chain has one temporary at most, as torch's Adam; it keeps the lists).
 CPU_LAYOUT = True
-
-
-def _slices_by_size(sizes: list[int], limit: int) -> list[slice]:
-    """Consecutive slices of ``sizes`` whose sums stay within ``limit`` (or hold one item)."""
-    out, start, total = [], 0, 0
-    for i, n in enumerate(sizes):
-        if i > start and total + n > limit:
-            out.append(slice(start, i))
-            start, total = i, 0
-        total += n
-    out.append(slice(start, len(sizes)))
-    return out
 
 
 class _GroupCache:
