@@ -135,6 +135,16 @@ def _centre(text: str) -> tuple[str, float]:
     return name, _positive_float(value)
 
 
+def _tolerances(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in _str_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if any(not (0 < v < float("inf")) for v in values):
+        raise argparse.ArgumentTypeError(f"tolerances must be positive finite numbers, got {text!r}")
+    return values
+
+
 def _span(text: str) -> float:
     value = _positive_float(text)
     if not (value > 1 and value < float("inf")):
@@ -357,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--centre", dest="centres", action="append", default=[], type=_centre, metavar="NAME=LR",
                    help="centre of a numerator's or baseline's grid instead of its recommended lr, repeatable")
     g.add_argument("--seeds", type=_seeds, metavar="SEEDS", default=list(range(3)), help="N (seeds 0..N-1), A-B, or A,B,C (default: 3)")
-    g.add_argument("--tolerance", type=_positive_float, default=0.02,
-                   help="a learning rate is as good as the best within this share of its loss (default: 0.02)")
+    g.add_argument("--tolerances", type=_tolerances, default=[0.02, 0.1, 0.25], metavar="T[,T...]",
+                   help="a learning rate is as good as the best within this share of its loss; the table gives "
+                        "the width of that lr range for each, the range itself for the first (default: 0.02,0.1,0.25)")
     _add_beta_options(g)
     g.add_argument("--weight-decay", type=_nonneg_float,
                    help="decoupled weight decay of AutoSGM and AdamW; the other baselines get theirs from it "
@@ -663,7 +674,7 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     task = _make_task(args)
     print(f"{task.name} ({args.preset} preset; {_describe(task)}), device {task.device}: "
           f"{len(configs) // args.points} optimizers × {args.points} learning rates × {len(args.seeds)} seeds")
-    result = robustness.run_robustness(task, configs, args.seeds, out, tolerance=args.tolerance,
+    result = robustness.run_robustness(task, configs, args.seeds, out, tolerances=args.tolerances,
                                        progress=not args.quiet)
     summary = result.summary
     print()

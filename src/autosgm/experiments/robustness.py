@@ -10,6 +10,8 @@ run on a log-spaced grid of its peak learning rate centred on its recommended va
 * the **2 % range**: the contiguous stretch of grid rates around the best whose mean final validation
   loss is at most 2 % above the best, and its **width** — largest / smallest rate in it, the single
   number that says how much tuning the optimizer needs (``≥`` when the range reaches an end of the grid);
+  the same width at looser tolerances (10 % and 25 % by default), for tasks whose seed-to-seed
+  spread is larger than 2 % of the loss;
 * the wall-clock **time per training step** (evaluations excluded).
 
 :func:`run_robustness` writes ``results.jsonl``, ``table.md`` (the table in Markdown), ``lr.png``
@@ -48,7 +50,7 @@ __all__ = [
     "DEFAULT_POINTS",
     "DEFAULT_SPAN",
     "OUTPUT_FILES",
-    "TOLERANCE",
+    "TOLERANCES",
     "LrProfile",
     "RobustnessResult",
     "format_profiles",
@@ -68,8 +70,9 @@ DEFAULT_GAMMAS: tuple[float | str, ...] = (0.0, "nag")
 #: Learning rates per optimizer and the ratio of the largest to the smallest (10^2.5 ≈ 316).
 DEFAULT_POINTS = 11
 DEFAULT_SPAN = 10**2.5
-#: A learning rate is "as good as the best" when its mean final loss is within this share of the best.
-TOLERANCE = 0.02
+#: A learning rate is "as good as the best" when its mean final loss is within this share of the best;
+#: the table reports the width of that range for each of these tolerances, the first in full.
+TOLERANCES = (0.02, 0.10, 0.25)
 #: The files of a study directory.
 OUTPUT_FILES = {"results": "results.jsonl", "table": "table.md", "lr_figure": "lr.png", "curves_figure": "curves.png"}
 
@@ -166,23 +169,24 @@ def robustness_grid(
 class LrProfile:
     """One optimizer over its learning-rate grid: mean and sd of the final validation loss per rate.
 
-    ``mean[i]`` is NaN when a run at ``lrs[i]`` diverged (such a rate is never "within 2 %").
-    ``best`` is the index of the lowest mean (None when every rate diverged); ``low``..``high`` the
-    contiguous range of indices around it within ``tolerance`` of the best.
+    ``mean[i]`` is NaN when a run at ``lrs[i]`` diverged (such a rate is never "within" a tolerance).
+    ``best`` is the index of the lowest mean (None when every rate diverged); ``ranges[k]`` the
+    contiguous range of indices ``(low, high)`` around it whose means are within ``tolerances[k]`` of
+    the best. ``low``, ``high``, ``width`` and ``at_edge`` are those of the first tolerance.
     """
 
     label: str
     groups: list[Group]
-    tolerance: float = TOLERANCE
+    tolerances: tuple[float, ...] = TOLERANCES
     lrs: list[float] = field(init=False)
     mean: list[float] = field(init=False)
     sd: list[float] = field(init=False)
     best: int | None = field(init=False)
-    low: int | None = field(init=False)
-    high: int | None = field(init=False)
+    ranges: list[tuple[int, int] | None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.groups = sorted(self.groups, key=lambda g: g.lr)
+        self.tolerances = _check_tolerances(self.tolerances)
         self.lrs = [g.lr for g in self.groups]
         self.mean, self.sd = [], []
         for g in self.groups:
@@ -190,7 +194,8 @@ class LrProfile:
             ok = values and all(math.isfinite(v) for v in values)
             self.mean.append(statistics.fmean(values) if ok else math.nan)
             self.sd.append(statistics.stdev(values) if ok and len(values) > 1 else (0.0 if ok else math.nan))
-        self.best, self.low, self.high = _within(self.mean, self.tolerance)
+        self.best = _best(self.mean)
+        self.ranges = [_within(self.mean, self.best, tol) for tol in self.tolerances]
 
     @property
     def is_autosgm(self) -> bool:
@@ -202,16 +207,31 @@ class LrProfile:
         return len(self.lrs) // 2 if len(self.lrs) % 2 else None
 
     @property
-    def width(self) -> float:
-        """Largest / smallest learning rate of the 2 % range (NaN when every rate diverged)."""
-        if self.best is None:
+    def low(self) -> int | None:
+        return None if self.ranges[0] is None else self.ranges[0][0]
+
+    @property
+    def high(self) -> int | None:
+        return None if self.ranges[0] is None else self.ranges[0][1]
+
+    def width_at(self, k: int = 0) -> float:
+        """Largest / smallest learning rate of the range of ``tolerances[k]`` (NaN when all diverged)."""
+        if self.ranges[k] is None:
             return math.nan
-        return self.lrs[self.high] / self.lrs[self.low]
+        low, high = self.ranges[k]
+        return self.lrs[high] / self.lrs[low]
+
+    def at_edge_at(self, k: int = 0) -> bool:
+        """The range of ``tolerances[k]`` reaches an end of the grid: the true width may be larger."""
+        return self.ranges[k] is not None and (self.ranges[k][0] == 0 or self.ranges[k][1] == len(self.lrs) - 1)
+
+    @property
+    def width(self) -> float:
+        return self.width_at(0)
 
     @property
     def at_edge(self) -> bool:
-        """The 2 % range reaches an end of the grid: the true width may be larger."""
-        return self.best is not None and (self.low == 0 or self.high == len(self.lrs) - 1)
+        return self.at_edge_at(0)
 
     @property
     def runs(self) -> int:
@@ -242,18 +262,30 @@ class LrProfile:
         return 1000.0 * statistics.fmean(times) if times else math.nan
 
 
+def _check_tolerances(tolerances: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(tolerances)
+    if not values or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not (t >= 0 and math.isfinite(t))
+                         for t in values):  # fmt: skip
+        raise ValueError(f"tolerances must be one or more finite numbers >= 0, got {tolerances!r}")
+    return tuple(float(t) for t in values)
+
+
 def _train_time(record: dict[str, Any]) -> float:
     """Seconds of training steps of a run (records without ``train_time_s`` give their wall time)."""
     value = record.get("train_time_s", record.get("wall_time_s"))
     return math.nan if value is None else float(value)
 
 
-def _within(mean: Sequence[float], tolerance: float) -> tuple[int | None, int | None, int | None]:
-    """Best index and the contiguous range around it with ``mean <= best + tolerance·|best|``."""
+def _best(mean: Sequence[float]) -> int | None:
+    """Index of the lowest finite mean (None when there is none)."""
     finite = [i for i, m in enumerate(mean) if math.isfinite(m)]
-    if not finite:
-        return None, None, None
-    best = min(finite, key=lambda i: mean[i])
+    return min(finite, key=lambda i: mean[i]) if finite else None
+
+
+def _within(mean: Sequence[float], best: int | None, tolerance: float) -> tuple[int, int] | None:
+    """The contiguous range of indices around ``best`` with ``mean <= best + tolerance·|best|``."""
+    if best is None:
+        return None
     limit = mean[best] + tolerance * abs(mean[best])
 
     def ok(i: int) -> bool:
@@ -264,18 +296,17 @@ def _within(mean: Sequence[float], tolerance: float) -> tuple[int | None, int | 
         low -= 1
     while ok(high + 1):
         high += 1
-    return best, low, high
+    return low, high
 
 
-def lr_profiles(records: Iterable[dict[str, Any]], tolerance: float = TOLERANCE) -> list[LrProfile]:
+def lr_profiles(records: Iterable[dict[str, Any]], tolerances: Sequence[float] = TOLERANCES) -> list[LrProfile]:
     """One :class:`LrProfile` per optimizer (configurations equal up to the learning rate), in order
     of first appearance in ``records``."""
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+    tolerances = _check_tolerances(tolerances)
     families: dict[tuple, list[Group]] = {}
     for g in group_runs(records):
         families.setdefault(family_key(g), []).append(g)
-    return [LrProfile(members[0].label, members, float(tolerance)) for members in families.values()]
+    return [LrProfile(members[0].label, members, tolerances) for members in families.values()]
 
 
 def _loss(stats: tuple[float, float, int]) -> str:
@@ -285,10 +316,14 @@ def _loss(stats: tuple[float, float, int]) -> str:
     return f"{mean:.4f} ± {sd:.4f}" if n > 1 else f"{mean:.4f}"
 
 
-def _width(profile: LrProfile) -> str:
+def _width(profile: LrProfile, k: int = 0) -> str:
     if profile.best is None:
         return "–"
-    return f"{'≥ ' if profile.at_edge else ''}{profile.width:.3g}×"
+    return f"{'≥ ' if profile.at_edge_at(k) else ''}{profile.width_at(k):.3g}×"
+
+
+def _percent(tolerance: float) -> str:
+    return f"{100 * tolerance:g} %"
 
 
 def _profile_row(p: LrProfile, with_acc: bool) -> list[str]:
@@ -303,9 +338,9 @@ def _profile_row(p: LrProfile, with_acc: bool) -> list[str]:
     if with_acc:
         mean, sd, n = p.final_at(p.best, "val_acc")
         row.append(f"{mean:.4f} ± {sd:.4f}" if n > 1 else (f"{mean:.4f}" if n else "–"))
+    row.append(f"{p.lrs[p.low]:.3g} – {p.lrs[p.high]:.3g}" if p.best is not None else "–")
+    row += [_width(p, k) for k in range(len(p.tolerances))]
     row += [
-        f"{p.lrs[p.low]:.3g} – {p.lrs[p.high]:.3g}" if p.best is not None else "–",
-        _width(p),
         f"{p.diverged}/{p.runs}",
         f"{p.step_ms:.2f}",
     ]
@@ -314,15 +349,17 @@ def _profile_row(p: LrProfile, with_acc: bool) -> list[str]:
 
 def format_profiles(profiles: Sequence[LrProfile], *, markdown: bool = False) -> str:
     """The study's table: per optimizer the recommended and the best learning rate with their mean ±
-    sd final validation loss (and accuracy at the best, for classification), the 2 % range and its
-    width, diverged runs, and milliseconds per training step."""
+    sd final validation loss (and accuracy at the best, for classification), the range within the
+    first tolerance, the width of the range within each tolerance, diverged runs, and milliseconds
+    per training step."""
     if not profiles:
         return "(no runs)"
     with_acc = any("val_acc" in r.get("final", {}) for p in profiles for g in p.groups for r in g.records)
-    tol = f"{100 * profiles[0].tolerance:g} %"
+    tolerances = profiles[0].tolerances
     head = ["optimizer", "recommended lr", "val loss there", "best lr", "val loss at best"]
     head += ["val acc at best"] if with_acc else []
-    head += [f"lr range within {tol}", "width", "diverged", "ms/step"]
+    head += [f"lr range within {_percent(tolerances[0])}"] + [f"width {_percent(t)}" for t in tolerances]
+    head += ["diverged", "ms/step"]
     body = [_profile_row(p, with_acc) for p in profiles]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -379,8 +416,9 @@ def lr_figure(profiles: Sequence[LrProfile]):
         lows += [float(m - s) for m, s in zip(mean, sd) if math.isfinite(m) and m - s > 0]
         for ax, scale in ((axes[0], 1.0), (axes[1], centre)):
             x = np.asarray(p.lrs) / scale
+            widths = ", ".join(f"{_percent(t)}: {_width(p, k)}" for k, t in enumerate(p.tolerances))
             ax.plot(x, mean, color=style["color"], ls=style["ls"], marker=style["marker"], ms=3.5, lw=1.3,
-                    label=f"{p.label} ({_width(p)})")  # fmt: skip
+                    label=f"{p.label} ({widths})")  # fmt: skip
             ax.fill_between(x, mean - sd, mean + sd, color=style["color"], alpha=0.15, lw=0)
             failed = [xi for xi, m in zip(x, mean) if not math.isfinite(m)]
             if failed and math.isfinite(top):
@@ -397,7 +435,7 @@ def lr_figure(profiles: Sequence[LrProfile]):
     axes[1].axvline(1.0, color="#999999", lw=0.8, ls=":")
     axes[0].set_ylabel("final validation loss")
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                   title=f"optimizer (width of the {100 * profiles[0].tolerance:g} % range)", title_fontsize=7)
+                   title="optimizer (width of the lr range within a tolerance of the best)", title_fontsize=7)
     fig.suptitle(f"Final validation loss against the learning rate — {_title(profiles)}", fontsize=11)
     fig.tight_layout()
     return fig
@@ -455,7 +493,9 @@ def _check_outputs(paths: Mapping[str, Path]) -> None:
 
 
 def _table_document(profiles: Sequence[LrProfile], grid_note: str) -> str:
-    tol = f"{100 * profiles[0].tolerance:g} %"
+    tolerances = profiles[0].tolerances
+    tol = _percent(tolerances[0])
+    others = ", ".join(_percent(t) for t in tolerances[1:])
     record = profiles[0].groups[0].records[0]
     settings = ", ".join(f"{k}={v}" for k, v in record.get("settings", {}).items())
     return (
@@ -463,8 +503,9 @@ def _table_document(profiles: Sequence[LrProfile], grid_note: str) -> str:
         f"{_title(profiles)}; task settings: {settings}.\n{grid_note}\n"
         f"*val loss*: mean ± sd of the final validation loss over the seeds. *lr range within {tol}*: the "
         f"contiguous range of grid learning rates around the best whose mean final validation loss is at "
-        f"most {tol} above the best; *width*: its largest / smallest rate (≥ when it reaches an end of the "
-        f"grid). *ms/step*: wall-clock time of a training step, evaluations excluded.\n\n"
+        f"most {tol} above the best; *width {tol}*: its largest / smallest rate (≥ when it reaches an end of "
+        f"the grid)" + (f"; *width {others}*: the same at that tolerance" if others else "") +
+        ". *ms/step*: wall-clock time of a training step, evaluations excluded.\n\n"
         f"{format_profiles(profiles, markdown=True)}\n"
     )
 
@@ -477,11 +518,11 @@ def _grid_note(profiles: Sequence[LrProfile]) -> str:
 
 
 def write_report(records: Iterable[dict[str, Any]], paths: Mapping[str, Path],
-                 tolerance: float = TOLERANCE) -> list[LrProfile]:
+                 tolerances: Sequence[float] = TOLERANCES) -> list[LrProfile]:
     """Write the table (``paths["table"]``) and both figures of the study's ``records``, atomically."""
     import matplotlib.pyplot as plt
 
-    profiles = lr_profiles(records, tolerance)
+    profiles = lr_profiles(records, tolerances)
     if not profiles:
         raise ValueError("no runs to report")
     write_text(paths["table"], _table_document(profiles, _grid_note(profiles)))
@@ -509,7 +550,7 @@ def run_robustness(
     seeds: Iterable[int],
     out_dir: str | Path,
     *,
-    tolerance: float = TOLERANCE,
+    tolerances: Sequence[float] = TOLERANCES,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> RobustnessResult:
@@ -518,6 +559,7 @@ def run_robustness(
     figures of its runs. Every output is checked before the first run
     (:class:`~autosgm._files.OutputPathError`), and every baseline's package
     (:class:`~.optimizers.MissingBaselineError`)."""
+    tolerances = _check_tolerances(tolerances)
     paths = output_paths(out_dir)
     _check_outputs(paths)
     configs = list(configs)
@@ -525,5 +567,5 @@ def run_robustness(
     summary = run_sweep(task, configs, seeds, paths["results"], progress=progress, log=log)
     keys = set(summary.ran) | set(summary.skipped)
     records = [r for r in read_results(paths["results"]) if r["key"] in keys]
-    profiles = write_report(records, paths, tolerance) if records else []
+    profiles = write_report(records, paths, tolerances) if records else []
     return RobustnessResult(summary, profiles, paths)
