@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import autosgm
 from autosgm import AutoSGM, Window, WindowLR, weight_decay_groups
 
 RECIPES = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
@@ -98,7 +97,9 @@ def test_weight_decay_groups_split_by_dimension():
     decay, no_decay = weight_decay_groups(model, 0.05)
     assert [p.ndim for p in decay["params"]] == [4, 2] and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    assert autosgm.experiments.optimizers.param_groups is weight_decay_groups  # one helper, not two
+    from autosgm.experiments.optimizers import param_groups
+
+    assert param_groups is weight_decay_groups  # one helper, not two
 
 
 def test_weight_decay_groups_shared_frozen_and_matrix_only():
