@@ -125,7 +125,7 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _numerator_lrs(text: str) -> tuple[str, list[float]]:
+def _name_lrs(text: str) -> tuple[str, list[float]]:
     name, value = _key_value(text)
     return name, _float_list(value)
 
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gammas", type=_gamma_list, metavar="G[,G...]", default=[0.0, "nag", "mls"],
                    help="comma-separated filter zeros: numbers, nag, mls (default: 0,nag,mls)")
     g.add_argument("--lrs", type=_float_list, metavar="LR[,LR...]", help="comma-separated peak lrs of AutoSGM and AdamW (default: the task's)")
-    g.add_argument("--lr-for", dest="lr_for", action="append", default=[], type=_numerator_lrs, metavar="NAME=LR[,LR...]",
+    g.add_argument("--lr-for", dest="lr_for", action="append", default=[], type=_name_lrs, metavar="NAME=LR[,LR...]",
                    help="learning rates of one numerator or baseline instead of its default, repeatable "
                         "(e.g. --lr-for parcor-markov=3e-2 --lr-for lion=1e-3)")
     g.add_argument("--seeds", type=_seeds, metavar="SEEDS", default=list(range(3)), help="N (seeds 0..N-1), A-B, or A,B,C (default: 3)")
@@ -597,14 +597,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     cls = get_task_class(args.task)
     baselines = _names(args.baselines, "--baselines", BASELINE_NAMES)
-    _names(",".join(args.numerators), "--numerators", NUMERATOR_NAMES)
+    numerators = _names(",".join(args.numerators), "--numerators", NUMERATOR_NAMES)
     lr_for = dict(args.lr_for)
     stray = sorted(set(lr_for) - set(NUMERATOR_NAMES) - set(BASELINE_NAMES))
     if stray:
         raise UsageError(f"--lr-for: {', '.join(stray)} is neither a numerator nor a baseline")
     try:
         configs = grid(
-            numerators=args.numerators, gammas=args.gammas, lrs=args.lrs or [cls.default_lr],
+            numerators=numerators, gammas=args.gammas, lrs=args.lrs or [cls.default_lr],
             numerator_lrs={k: v for k, v in lr_for.items() if k in NUMERATOR_NAMES},
             baseline_lrs={k: v for k, v in lr_for.items() if k in BASELINE_NAMES},
             beta=args.beta, beta_a=args.beta_a,

@@ -26,7 +26,8 @@ __all__ = ["COLORS", "choose_groups", "grid_figure", "plot_grid"]
 
 #: Line colours by numerator: red = unity (the study's baseline), blue = partial correlation.
 COLORS = {"unity": "#d62728", "parcor": "#1f77b4", "corr": "#2ca02c"}
-BASELINE_STYLES = [("#000000", "--"), ("#7f7f7f", "--"), ("#9467bd", "--"), ("#8c564b", "--"), ("#e377c2", "--")]
+BASELINE_STYLES = [("#000000", "--"), ("#7f7f7f", "--"), ("#9467bd", "--"), ("#8c564b", "--"), ("#e377c2", "--"),
+                   ("#bcbd22", "--"), ("#ff7f0e", "--")]  # fmt: skip
 
 _NAMED = {"nag": "NAG", "mls": "MLS"}
 

@@ -114,7 +114,8 @@ def run(
     set_optimizer_mode(opt, "train")
     next_batch = task.sampler(torch.Generator().manual_seed(seed))
 
-    columns = ["step", "time_s", "train_time_s", "train_batch_loss"] + [f"{split}_{m}" for m in task.metrics for split in ("train", "val")]
+    columns = ["step", "time_s", "train_time_s", "train_batch_loss"]
+    columns += [f"{split}_{m}" for m in task.metrics for split in ("train", "val")]
     curves: dict[str, list[Any]] = {c: [] for c in columns}
     eval_time = 0.0
 

@@ -2,8 +2,9 @@
 
 The grid is numerator × γ × learning rate (AutoSGM, normalized oracle), plus baselines — torch
 AdamW (at the same learning rates), torch SGD-Nesterov (at its own), and Prodigy, Schedule-Free AdamW,
-D-Adapt Adam and Lion (each at its recommended learning rate, see :func:`grid`) — each for every seed. Every finished run is appended to the result file at once; a run whose key is already in the
-file is skipped, so an interrupted sweep continues where it stopped and a finished one does nothing.
+D-Adapt Adam and Lion (each at its recommended learning rate, see :func:`grid`) — each for every seed.
+Every finished run is appended to the result file at once; a run whose key is already in the file
+is skipped, so an interrupted sweep continues where it stopped and a finished one does nothing.
 Two sweeps writing one file share its runs: each run is claimed first (:func:`~.results.claim_run`),
 and a run claimed by the other sweep is left to it.
 """
