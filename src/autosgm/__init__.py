@@ -6,8 +6,9 @@ moment estimate), as a ``torch.optim`` optimizer.
 """
 
 from .config import NUMERATORS, AutoSGMConfig
+from .groups import weight_decay_groups
 from .optimizer import AutoSGM, StepRecord
 from .windows import Window, WindowLR
 
-__all__ = ["AutoSGM", "AutoSGMConfig", "NUMERATORS", "StepRecord", "Window", "WindowLR", "__version__"]
+__all__ = ["AutoSGM", "AutoSGMConfig", "NUMERATORS", "StepRecord", "Window", "WindowLR", "__version__", "weight_decay_groups"]
 __version__ = "0.3.0"

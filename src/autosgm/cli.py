@@ -22,8 +22,9 @@ DESCRIPTION = """\
 AutoSGM: heavy ball, Nesterov and Adam as points of one design space — a first-order low-pass
 filter on the gradient (pole β, zero γ) times an iteration-dependent learning-rate oracle.
 
-This command runs the study's experiments: a one-minute demo on bundled data, single runs and
-resumable sweeps over numerator × γ × seed × learning rate, and the study's grid figures."""
+This command runs the study's experiments: a one-minute demo on bundled data, single runs,
+resumable sweeps over numerator × γ × seed × learning rate, a learning-rate robustness study
+against the baselines, and the study's figures."""
 
 EPILOG = """\
 examples:
@@ -32,6 +33,7 @@ examples:
   autosgm run --task digits --numerator parcor-markov --gamma nag
   autosgm sweep --task shakespeare-char --seeds 3 --out runs/shakespeare.jsonl
   autosgm plot runs/shakespeare.jsonl --out runs/shakespeare.png
+  autosgm robustness --task digits --seeds 3     # every optimizer over its learning-rate grid
   autosgm windows figures/                       # the window-function (lr schedule) figure
   autosgm analyze figures/                       # quadratic-model and learning-dynamics figures
 
@@ -123,9 +125,31 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _numerator_lrs(text: str) -> tuple[str, list[float]]:
+def _name_lrs(text: str) -> tuple[str, list[float]]:
     name, value = _key_value(text)
     return name, _float_list(value)
+
+
+def _centre(text: str) -> tuple[str, float]:
+    name, value = _key_value(text)
+    return name, _positive_float(value)
+
+
+def _tolerances(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in _str_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if any(not (0 < v < float("inf")) for v in values):
+        raise argparse.ArgumentTypeError(f"tolerances must be positive finite numbers, got {text!r}")
+    return values
+
+
+def _span(text: str) -> float:
+    value = _positive_float(text)
+    if not (value > 1 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 1, got {text!r}")
+    return value
 
 
 def _int_at_least(minimum: int):
@@ -190,12 +214,23 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+BASELINE_NAMES = ("adamw", "sgd-nesterov", "prodigy", "schedulefree-adamw", "dadapt-adam", "lion")
+EXTERNAL_NOTE = "prodigy, schedulefree-adamw, dadapt-adam and lion need pip install 'autosgm[baselines]'"
+
+
+def _add_beta_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--beta", type=float, default=0.9,
+                       help="filter pole β (AdamW's β1, SGD's momentum, Lion's β1) (default: 0.9)")
+    group.add_argument("--beta-a", type=float, default=0.999,
+                       help="moment pole β_a (AdamW's β2; Lion keeps its own 0.99) (default: 0.999)")
+
+
 def _add_common_optimizer_options(group: argparse._ArgumentGroup, wd_help: str) -> None:
-    group.add_argument("--beta", type=float, default=0.9, help="filter pole β (AdamW's β1, SGD's momentum) (default: 0.9)")
-    group.add_argument("--beta-a", type=float, default=0.999, help="moment pole β_a (AdamW's β2) (default: 0.999)")
+    _add_beta_options(group)
     group.add_argument("--weight-decay", type=_nonneg_float, help=wd_help)
-    group.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
-                       help="learning-rate window over the run: cosine annealing to 0, or constant (default: cosine)")
+    group.add_argument("--schedule", choices=("cosine", "constant"),
+                       help="learning-rate window over the run: cosine annealing to 0, or constant (default: cosine; "
+                            "schedulefree-adamw runs without one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,17 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_options(p)
     g = p.add_argument_group("optimizer")
     g.add_argument("--optimizer", default="autosgm",
-                   choices=("autosgm", "autosgm-nesterov", "autosgm-heavy-ball", "adamw", "sgd-nesterov", "sgd"),
-                   help="autosgm (any design point), AutoSGM's constant-oracle Nesterov/heavy-ball points, "
-                        "or a torch baseline (default: autosgm)")
-    g.add_argument("--lr", type=_positive_float, help="peak learning rate μ (default: the task's, per optimizer family)")
+                   choices=("autosgm", "autosgm-nesterov", "autosgm-heavy-ball", "sgd") + BASELINE_NAMES,
+                   help="autosgm (any design point), AutoSGM's constant-oracle Nesterov/heavy-ball points, a torch "
+                        f"baseline (adamw, sgd-nesterov, sgd) or an external one ({EXTERNAL_NOTE}) (default: autosgm)")
+    g.add_argument("--lr", type=_positive_float,
+                   help="peak learning rate μ (default: the recommended one, see docs/experiments.md: the task's for "
+                        "AutoSGM and AdamW, 1 for prodigy and dadapt-adam, 2.5e-3 for schedulefree-adamw, "
+                        "AdamW's / 3 for lion)")
     g.add_argument("--numerator", default="unity", choices=NUMERATOR_NAMES, help="AutoSGM numerator (default: unity)")
     g.add_argument("--gamma", type=_gamma, default=0.0, help="filter zero γ: a number, nag = β/(1+β), mls = 1-sqrt(2(1-β)) (default: 0)")
     g.add_argument("--eta", type=_positive_float, help="filter gain η (default: (1-β)/(1-γ))")
     g.add_argument("--no-debias", action="store_true", help="no filter/moment bias correction")
     g.add_argument("--constant-oracle", action="store_true", help="AutoSGM without moment normalization (a = d = 1)")
-    _add_common_optimizer_options(g, "weight decay ρ: decoupled for AutoSGM and AdamW, coupled for SGD and "
-                                     "AutoSGM's constant oracle (default: the task's)")
+    _add_common_optimizer_options(g, "weight decay ρ: decoupled for AutoSGM, AdamW and the external baselines, coupled "
+                                     "for SGD and AutoSGM's constant oracle (default: the task's; 3× it for lion)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of initial weights, batch order, dropout (default: 0)")
     p.add_argument("--out", metavar="FILE", help="append the run to this JSON-lines result file")
     p.set_defaults(func=_cmd_run)
@@ -283,17 +321,62 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gammas", type=_gamma_list, metavar="G[,G...]", default=[0.0, "nag", "mls"],
                    help="comma-separated filter zeros: numbers, nag, mls (default: 0,nag,mls)")
     g.add_argument("--lrs", type=_float_list, metavar="LR[,LR...]", help="comma-separated peak lrs of AutoSGM and AdamW (default: the task's)")
-    g.add_argument("--lr-for", dest="lr_for", action="append", default=[], type=_numerator_lrs, metavar="NUM=LR[,LR...]",
-                   help="learning rates of one numerator instead of --lrs, repeatable (e.g. --lr-for parcor-markov=3e-2)")
+    g.add_argument("--lr-for", dest="lr_for", action="append", default=[], type=_name_lrs, metavar="NAME=LR[,LR...]",
+                   help="learning rates of one numerator or baseline instead of its default, repeatable "
+                        "(e.g. --lr-for parcor-markov=3e-2 --lr-for lion=1e-3)")
     g.add_argument("--seeds", type=_seeds, metavar="SEEDS", default=list(range(3)), help="N (seeds 0..N-1), A-B, or A,B,C (default: 3)")
     g.add_argument("--baselines", default="adamw,sgd-nesterov", metavar="NAME[,NAME...]",
-                   help="comma-separated baselines from adamw, sgd-nesterov, or none (default: adamw,sgd-nesterov)")
+                   help=f"comma-separated baselines from {', '.join(BASELINE_NAMES)}, or none; each at its recommended "
+                        f"lr ({EXTERNAL_NOTE}) (default: adamw,sgd-nesterov)")
     g.add_argument("--sgd-lrs", type=_float_list, metavar="LR[,LR...]", help="comma-separated peak lrs of SGD-Nesterov (default: the task's)")
     g.add_argument("--sgd-weight-decay", type=_nonneg_float, help="coupled weight decay of SGD-Nesterov (default: the task's)")
     _add_common_optimizer_options(g, "decoupled weight decay of AutoSGM and AdamW (default: the task's)")
     p.add_argument("--out", metavar="FILE", help="result file (default: runs/TASK.jsonl)")
     p.add_argument("--no-plot", action="store_true", help="do not write the figure after the sweep")
     p.set_defaults(func=_cmd_sweep)
+
+    # robustness ----------------------------------------------------------------------------------
+    p = sub.add_parser(
+        "robustness", help="learning-rate robustness: every optimizer over a log grid of its lr (resumable)",
+        description=textwrap.dedent("""\
+            How much tuning does each optimizer need? Run every AutoSGM point (numerator × γ) and every
+            baseline on a log-spaced grid of its peak learning rate centred on its recommended value, for
+            every seed, into DIR/results.jsonl (resumable: finished runs are skipped). Then print and write
+            the table (DIR/table.md: per optimizer the recommended and the best lr with their mean ± sd final
+            validation loss, the range of lrs within 2 % of the best and its width max/min, time per step),
+            the figure of final validation loss against the lr (DIR/lr.png) and of the validation loss
+            against steps and training time at each optimizer's best lr (DIR/curves.png)."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              autosgm robustness --task digits --seeds 3 --threads 1 --out docs/results/robustness-digits
+              autosgm robustness --task shakespeare-char --seeds 3 --threads 1 --out runs/robustness-shakespeare
+              autosgm robustness --task digits --baselines adamw --numerators unity --points 7 --span 1000"""),
+        formatter_class=_formatter)
+    _add_task_options(p)
+    g = p.add_argument_group("study")
+    g.add_argument("--numerators", type=_str_list, metavar="NAME[,NAME...]", default=["unity", "parcor-markov", "parcor-bounded"],
+                   help="AutoSGM numerators, or none (default: unity,parcor-markov,parcor-bounded)")
+    g.add_argument("--gammas", type=_gamma_list, metavar="G[,G...]", default=[0.0, "nag"],
+                   help="filter zeros of every numerator: numbers, nag, mls (default: 0,nag)")
+    g.add_argument("--baselines", default=",".join(BASELINE_NAMES), metavar="NAME[,NAME...]",
+                   help=f"baselines, or none ({EXTERNAL_NOTE}) (default: all: {','.join(BASELINE_NAMES)})")
+    g.add_argument("--points", type=_int_at_least(2), default=11, metavar="N",
+                   help="learning rates per optimizer (default: 11)")
+    g.add_argument("--span", type=_span, default=10**2.5, metavar="X",
+                   help="largest / smallest learning rate of each grid (default: 10^2.5 ≈ 316)")
+    g.add_argument("--centre", dest="centres", action="append", default=[], type=_centre, metavar="NAME=LR",
+                   help="centre of a numerator's or baseline's grid instead of its recommended lr, repeatable")
+    g.add_argument("--seeds", type=_seeds, metavar="SEEDS", default=list(range(3)), help="N (seeds 0..N-1), A-B, or A,B,C (default: 3)")
+    g.add_argument("--tolerances", type=_tolerances, default=[0.02, 0.1, 0.25], metavar="T[,T...]",
+                   help="a learning rate is as good as the best within this share of its loss; the table gives "
+                        "the width of that lr range for each, the range itself for the first (default: 0.02,0.1,0.25)")
+    _add_beta_options(g)
+    g.add_argument("--weight-decay", type=_nonneg_float,
+                   help="decoupled weight decay of AutoSGM and AdamW; the other baselines get theirs from it "
+                        "(3× for lion) (default: the task's)")
+    g.add_argument("--sgd-weight-decay", type=_nonneg_float, help="coupled weight decay of SGD-Nesterov (default: the task's)")
+    p.add_argument("--out", metavar="DIR", help="directory of the results, table and figures (default: runs/robustness-TASK)")
+    p.set_defaults(func=_cmd_robustness)
 
     # plot ----------------------------------------------------------------------------------------
     p = sub.add_parser(
@@ -414,13 +497,15 @@ def _optimizer_from_args(args: argparse.Namespace, task_cls) -> Any:
     from autosgm.experiments.optimizers import OptimizerConfig
 
     kind = args.optimizer
-    sgd_like = kind in ("autosgm-nesterov", "autosgm-heavy-ball", "sgd-nesterov", "sgd") or args.constant_oracle
+    if kind in BASELINE_NAMES:
+        return _baseline_from_args(args, task_cls)
+    sgd_like = kind in ("autosgm-nesterov", "autosgm-heavy-ball", "sgd") or args.constant_oracle
     lr = args.lr if args.lr is not None else (task_cls.default_sgd_lr if sgd_like else task_cls.default_lr)
     if args.weight_decay is not None:
         wd = args.weight_decay
     else:  # SGD-type optimizers use the task's coupled (L2) decay, the normalized ones its decoupled decay
         wd = task_cls.default_sgd_weight_decay if sgd_like else task_cls.default_weight_decay
-    common = dict(beta=args.beta, weight_decay=wd, schedule=args.schedule)
+    common = dict(beta=args.beta, weight_decay=wd, schedule=args.schedule or "cosine")
     try:
         if kind == "autosgm":
             return OptimizerConfig.autosgm(lr, args.numerator, args.gamma, beta_a=args.beta_a, eta=args.eta,
@@ -430,12 +515,34 @@ def _optimizer_from_args(args: argparse.Namespace, task_cls) -> Any:
             return OptimizerConfig.nesterov_point(lr, **common)
         if kind == "autosgm-heavy-ball":
             return OptimizerConfig.heavy_ball_point(lr, **common)
-        if kind == "adamw":
-            return OptimizerConfig.torch_adamw(lr, beta_a=args.beta_a, **common)
-        if kind == "sgd-nesterov":
-            return OptimizerConfig.torch_sgd_nesterov(lr, momentum=args.beta, weight_decay=wd, schedule=args.schedule)
         return OptimizerConfig(name="sgd", lr=lr, **common)
     except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _baseline_from_args(args: argparse.Namespace, task_cls) -> Any:
+    """A baseline of ``run``: its recommended lr and weight decay unless given, its own schedule."""
+    from autosgm.experiments.optimizers import baseline_config, recommended_lr, recommended_weight_decay
+
+    kind = args.optimizer
+    lr = args.lr if args.lr is not None else recommended_lr(kind, task_cls)
+    wd = args.weight_decay
+    if wd is None:
+        wd = recommended_weight_decay(kind, task_cls.default_weight_decay, task_cls.default_sgd_weight_decay)
+    schedule = {"schedule": args.schedule} if args.schedule else {}
+    try:
+        return baseline_config(kind, lr, weight_decay=wd, beta=args.beta, beta_a=args.beta_a, **schedule)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _require(configs: Any) -> None:
+    """Every baseline's package is installed (else a usage error naming the extra), before any work."""
+    from autosgm.experiments.optimizers import MissingBaselineError, require_optimizers
+
+    try:
+        require_optimizers(configs)
+    except MissingBaselineError as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -444,6 +551,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from autosgm.experiments.tasks import get_task_class
 
     cfg = _optimizer_from_args(args, get_task_class(args.task))
+    _require([cfg])
     if args.out:
         _check_outputs({"the result file --out": Path(args.out)})
     task = _make_task(args)
@@ -488,22 +596,26 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from autosgm.experiments.tasks import get_task_class
 
     cls = get_task_class(args.task)
-    baselines = [] if args.baselines.strip().lower() == "none" else _str_list(args.baselines)
-    for num in args.numerators:
-        if num not in NUMERATOR_NAMES:
-            raise UsageError(f"--numerators: unknown numerator {num!r}; choose from {', '.join(NUMERATOR_NAMES)}")
+    baselines = _names(args.baselines, "--baselines", BASELINE_NAMES)
+    numerators = _names(",".join(args.numerators), "--numerators", NUMERATOR_NAMES)
+    lr_for = dict(args.lr_for)
+    stray = sorted(set(lr_for) - set(NUMERATOR_NAMES) - set(BASELINE_NAMES))
+    if stray:
+        raise UsageError(f"--lr-for: {', '.join(stray)} is neither a numerator nor a baseline")
     try:
         configs = grid(
-            numerators=args.numerators, gammas=args.gammas, lrs=args.lrs or [cls.default_lr],
-            numerator_lrs=dict(args.lr_for), beta=args.beta,
-            beta_a=args.beta_a,
+            numerators=numerators, gammas=args.gammas, lrs=args.lrs or [cls.default_lr],
+            numerator_lrs={k: v for k, v in lr_for.items() if k in NUMERATOR_NAMES},
+            baseline_lrs={k: v for k, v in lr_for.items() if k in BASELINE_NAMES},
+            beta=args.beta, beta_a=args.beta_a,
             weight_decay=cls.default_weight_decay if args.weight_decay is None else args.weight_decay,
             baselines=baselines, sgd_lrs=args.sgd_lrs or [cls.default_sgd_lr],
             sgd_weight_decay=cls.default_sgd_weight_decay if args.sgd_weight_decay is None else args.sgd_weight_decay,
-            schedule=args.schedule,
+            schedule=args.schedule or "cosine",
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    _require(configs)
     out = Path(args.out) if args.out else Path("runs") / f"{args.task}.jsonl"
     plots = [] if args.no_plot else [("loss", "the figure (--out with .png)", out.with_suffix(".png"))]
     if plots and "acc" in cls.metrics:
@@ -525,6 +637,54 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         for metric, _, path in plots:
             print(f"figure: {plot_grid(records, path, metric=metric)}")
+    return 0
+
+
+def _names(text: str, option: str, allowed: Sequence[str]) -> list[str]:
+    """A comma-separated list of names from ``allowed`` (``none`` = empty), else a usage error."""
+    if text.strip().lower() == "none":
+        return []
+    names = _str_list(text)
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        kind = "numerator" if option == "--numerators" else "name"
+        raise UsageError(f"{option}: unknown {kind} {unknown[0]!r}; choose from {', '.join(allowed)}")
+    return names
+
+
+def _cmd_robustness(args: argparse.Namespace) -> int:
+    from autosgm.experiments import robustness
+    from autosgm.experiments.tasks import get_task_class
+
+    cls = get_task_class(args.task)
+    numerators = _names(",".join(args.numerators), "--numerators", NUMERATOR_NAMES)
+    baselines = _names(args.baselines, "--baselines", BASELINE_NAMES)
+    try:
+        configs = robustness.robustness_grid(
+            cls, numerators=numerators, gammas=args.gammas, baselines=baselines, points=args.points,
+            span=args.span, centres=dict(args.centres), weight_decay=args.weight_decay,
+            sgd_weight_decay=args.sgd_weight_decay, beta=args.beta, beta_a=args.beta_a,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    _require(configs)
+    out = Path(args.out) if args.out else Path("runs") / f"robustness-{args.task}"
+    paths = robustness.output_paths(out)
+    _check_outputs({f"the study's {what.replace('_', ' ')}": path for what, path in paths.items()})
+    task = _make_task(args)
+    print(f"{task.name} ({args.preset} preset; {_describe(task)}), device {task.device}: "
+          f"{len(configs) // args.points} optimizers × {args.points} learning rates × {len(args.seeds)} seeds")
+    result = robustness.run_robustness(task, configs, args.seeds, out, tolerances=args.tolerances,
+                                       progress=not args.quiet)
+    summary = result.summary
+    print()
+    print(robustness.format_profiles(result.profiles))
+    print(f"\n{len(summary.ran)} runs done, {len(summary.skipped)} skipped (already in {paths['results']})"
+          + (f", {len(summary.busy)} left to another process writing it" if summary.busy else "")
+          + (f", {len(summary.diverged)} diverged" if summary.diverged else ""))
+    if result.profiles:
+        for what in ("table", "lr_figure", "curves_figure"):
+            print(f"{what.replace('_', ' ')}: {paths[what]}")
     return 0
 
 
@@ -560,7 +720,8 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
         print(f"{name}: {cls.summary}")
         print(f"  data:     {cls.data_help}")
         print(f"  metrics:  {', '.join(cls.metrics)}")
-        print(f"  default lr: {cls.default_lr:g} (AutoSGM, AdamW), {cls.default_sgd_lr:g} (SGD-Nesterov, constant oracle); "
+        print(f"  default lr: {cls.default_lr:g} (AutoSGM, AdamW), {cls.default_parcor_lr:g} (correlation numerators "
+              f"in `robustness`), {cls.default_sgd_lr:g} (SGD-Nesterov, constant oracle); "
               f"weight decay {cls.default_weight_decay:g} (decoupled), {cls.default_sgd_weight_decay:g} (SGD, coupled)")
         fields = [f.name for f in dataclasses.fields(cls.Settings)]
         for preset, values in cls.presets.items():
@@ -593,7 +754,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autosgm`` console script; returns the exit status.
 
-    Missing data (:class:`~autosgm.experiments.data.DataNotFoundError`), bad values and output
+    Missing data (:class:`~autosgm.experiments.data.DataNotFoundError`), a baseline whose package is
+    not installed (:class:`~autosgm.experiments.optimizers.MissingBaselineError`), bad values and output
     locations that cannot be written (:class:`~autosgm._files.OutputPathError`, found before any
     training) are reported in one line on stderr without a traceback, with exit status 2; warnings
     (e.g. a result line that is skipped) in one line each.
@@ -621,6 +783,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from autosgm.experiments.data import DataNotFoundError
 
         if isinstance(exc, DataNotFoundError):
+            print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    except ImportError as exc:
+        from autosgm.experiments.optimizers import MissingBaselineError
+
+        if isinstance(exc, MissingBaselineError):  # a baseline's package, found after the checks
             print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
             return 2
         raise

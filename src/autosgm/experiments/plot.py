@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .._files import save_figure
-from .report import Group, group_runs, select_task
+from .report import Group, family_key, group_runs, select_task
 
 __all__ = ["COLORS", "choose_groups", "grid_figure", "plot_grid"]
 
 #: Line colours by numerator: red = unity (the study's baseline), blue = partial correlation.
 COLORS = {"unity": "#d62728", "parcor": "#1f77b4", "corr": "#2ca02c"}
-BASELINE_STYLES = [("#000000", "--"), ("#7f7f7f", "--"), ("#9467bd", "--"), ("#8c564b", "--"), ("#e377c2", "--")]
+BASELINE_STYLES = [("#000000", "--"), ("#7f7f7f", "--"), ("#9467bd", "--"), ("#8c564b", "--"), ("#e377c2", "--"),
+                   ("#bcbd22", "--"), ("#ff7f0e", "--")]  # fmt: skip
 
 _NAMED = {"nag": "NAG", "mls": "MLS"}
 
@@ -35,12 +36,6 @@ def _color(numerator: str) -> str:
     if numerator.startswith("parcor"):
         return COLORS["parcor"]
     return COLORS.get(numerator, "#ff7f0e")
-
-
-def _family(group: Group) -> tuple:
-    """Configurations that differ only in the learning rate belong to one family."""
-    opt = {k: v for k, v in group.optimizer.items() if k not in ("lr", "label")}
-    return tuple(sorted((k, repr(v)) for k, v in opt.items()))
 
 
 def _score(group: Group, metric: str) -> float:
@@ -56,7 +51,7 @@ def choose_groups(groups: Sequence[Group], metric: str = "loss", lr: float | Non
     learning rates (a family was run at several, or the AutoSGM curves use different ones)."""
     families: dict[tuple, list[Group]] = defaultdict(list)
     for g in groups:
-        families[_family(g)].append(g)
+        families[family_key(g)].append(g)
     chosen, several = [], False
     for members in families.values():
         several |= len(members) > 1

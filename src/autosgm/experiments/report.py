@@ -8,7 +8,7 @@ import warnings
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Group", "format_table", "group_runs", "select_task", "summarize", "unchanged_warnings"]
+__all__ = ["Group", "family_key", "format_table", "group_runs", "select_task", "summarize", "unchanged_warnings"]
 
 
 class Group:
@@ -108,6 +108,12 @@ def group_runs(records: Iterable[dict[str, Any]]) -> list[Group]:
     for r in records:
         groups[r["optimizer_key"]].append(r)
     return [Group(rs) for rs in groups.values()]
+
+
+def family_key(group: Group) -> tuple:
+    """Configurations that differ only in the learning rate belong to one family (same key)."""
+    opt = {k: v for k, v in group.optimizer.items() if k not in ("lr", "label")}
+    return tuple(sorted((k, repr(v)) for k, v in opt.items()))
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float, int]:

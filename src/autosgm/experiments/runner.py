@@ -7,17 +7,22 @@ The loop is the same for every task and optimizer::
     for t in 1..steps:  loss(model, batch).backward(); [clip]; optimizer.step(); [scheduler.step()]
     evaluate at t = 0, every eval_every steps, and at the end
 
+An optimizer with ``eval()`` and ``train()`` methods (Schedule-Free AdamW, which evaluates at its
+averaged weights) is put in training mode before the first step and in evaluation mode for every
+evaluation (:func:`evaluation_mode`).
+
 A run whose training loss becomes NaN or infinite stops early and is recorded with
 ``"status": "diverged"`` (it is finished: a resumed sweep does not repeat it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -25,7 +30,7 @@ from .optimizers import OptimizerConfig
 from .results import FORMAT_VERSION, run_key
 from .tasks.base import Task
 
-__all__ = ["resolve_device", "run", "versions"]
+__all__ = ["evaluation_mode", "resolve_device", "run", "set_optimizer_mode", "versions"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -36,6 +41,27 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     return dev
+
+
+def set_optimizer_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """Call ``optimizer.train()`` or ``optimizer.eval()`` (``mode``) when the optimizer has that method;
+    the others (torch's, AutoSGM) have no modes and are left alone."""
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    method = getattr(optimizer, mode, None)
+    if callable(method):
+        method()
+
+
+@contextlib.contextmanager
+def evaluation_mode(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """The optimizer in evaluation mode while the block runs, in training mode afterwards
+    (see :func:`set_optimizer_mode`)."""
+    set_optimizer_mode(optimizer, "eval")
+    try:
+        yield
+    finally:
+        set_optimizer_mode(optimizer, "train")
 
 
 def versions() -> dict[str, str]:
@@ -65,10 +91,12 @@ def run(
 ) -> dict[str, Any]:
     """Train ``task``'s model with ``optimizer`` from ``seed`` and return the run's record (a JSON-ready dict).
 
-    The record holds ``curves`` — lists ``step``, ``time_s``, ``train_<metric>``, ``val_<metric>`` for
-    each of the task's metrics, and ``train_batch_loss`` (mean mini-batch loss since the previous
-    evaluation; at step 0 the first evaluation's train loss) — plus ``final`` (the last evaluation),
-    ``wall_time_s``, ``status`` (``"ok"`` or ``"diverged"``), the configuration, and
+    The record holds ``curves`` — lists ``step``, ``time_s`` (wall time since the start),
+    ``train_time_s`` (the part of it spent in training steps rather than evaluations),
+    ``train_<metric>``, ``val_<metric>`` for each of the task's metrics, and ``train_batch_loss`` (mean
+    mini-batch loss since the previous evaluation; at step 0 the first evaluation's train loss) —
+    plus ``final`` (the last evaluation), ``wall_time_s``, ``train_time_s`` (the wall time less the
+    evaluations), ``status`` (``"ok"`` or ``"diverged"``), the configuration, and
     ``unchanged_tensors``: the names of the trainable tensors whose weights were exactly the same at
     the end as at the start (out of ``trainable_tensors``) — a tensor an optimizer never moved.
     """
@@ -83,15 +111,23 @@ def run(
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     initial = [p.detach().clone() for _, p in trainable]
     opt, scheduler = optimizer.build(model, s.steps)
+    set_optimizer_mode(opt, "train")
     next_batch = task.sampler(torch.Generator().manual_seed(seed))
 
-    columns = ["step", "time_s", "train_batch_loss"] + [f"{split}_{m}" for m in task.metrics for split in ("train", "val")]
+    columns = ["step", "time_s", "train_time_s", "train_batch_loss"]
+    columns += [f"{split}_{m}" for m in task.metrics for split in ("train", "val")]
     curves: dict[str, list[Any]] = {c: [] for c in columns}
+    eval_time = 0.0
 
     def record(step: int, elapsed: float, batch_loss: float | None) -> dict[str, float]:
-        metrics = task.evaluate(model)
+        nonlocal eval_time
         curves["step"].append(step)
         curves["time_s"].append(round(elapsed, 4))
+        curves["train_time_s"].append(round(elapsed - eval_time, 4))
+        began = time.perf_counter()
+        with evaluation_mode(opt):
+            metrics = task.evaluate(model)
+        eval_time += time.perf_counter() - began
         curves["train_batch_loss"].append(metrics["train_loss"] if batch_loss is None else batch_loss)
         for key, value in metrics.items():
             curves.setdefault(key, []).append(value)
@@ -155,8 +191,9 @@ def run(
         "status": status,
         "steps_done": step,  # optimizer steps taken (fewer than settings.steps when diverged)
         "curves": curves,
-        "final": {k: curves[k][-1] for k in columns if k not in ("step", "time_s")},
+        "final": {k: curves[k][-1] for k in columns if k not in ("step", "time_s", "train_time_s")},
         "wall_time_s": round(wall, 3),
+        "train_time_s": round(wall - eval_time, 3),
         "trainable_tensors": len(trainable),
         "unchanged_tensors": unchanged,  # trainable tensors whose weights never moved
         "device": str(task.device),

@@ -1,9 +1,10 @@
 """Sweeps: the study's grid of AutoSGM design points and baselines, run resumably into a result file.
 
-The grid is numerator × γ × learning rate (AutoSGM, normalized oracle), plus the baselines torch
-AdamW (at the same learning rates) and torch SGD-Nesterov (at its own learning rates), each for every
-seed. Every finished run is appended to the result file at once; a run whose key is already in the
-file is skipped, so an interrupted sweep continues where it stopped and a finished one does nothing.
+The grid is numerator × γ × learning rate (AutoSGM, normalized oracle), plus baselines — torch
+AdamW (at the same learning rates), torch SGD-Nesterov (at its own), and Prodigy, Schedule-Free AdamW,
+D-Adapt Adam and Lion (each at its recommended learning rate, see :func:`grid`) — each for every seed.
+Every finished run is appended to the result file at once; a run whose key is already in the file
+is skipped, so an interrupted sweep continues where it stopped and a finished one does nothing.
 Two sweeps writing one file share its runs: each run is claimed first (:func:`~.results.claim_run`),
 and a run claimed by the other sweep is left to it.
 """
@@ -15,15 +16,23 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from .._files import check_output_file
-from .optimizers import OptimizerConfig
+from .optimizers import (
+    BASELINES,
+    ESTIMATED_LR,
+    LION_SCALE,
+    SCHEDULEFREE_LR,
+    OptimizerConfig,
+    baseline_config,
+    recommended_weight_decay,
+)
 from .results import append_result, claim_run, completed_keys, run_key
 from .runner import run
 from .tasks.base import Task
 
-__all__ = ["BASELINES", "SweepSummary", "grid", "run_sweep"]
+__all__ = ["BASELINES", "DEFAULT_BASELINES", "SweepSummary", "grid", "run_sweep"]
 
-#: Baselines a sweep can add: ``adamw`` (torch AdamW) and ``sgd-nesterov`` (torch SGD, Nesterov momentum).
-BASELINES = ("adamw", "sgd-nesterov")
+#: Baselines of a sweep unless chosen: the two that ship with torch.
+DEFAULT_BASELINES = ("adamw", "sgd-nesterov")
 
 
 @dataclass
@@ -51,29 +60,32 @@ def grid(
     beta: float = 0.9,
     beta_a: float = 0.999,
     weight_decay: float = 0.0,
-    baselines: Sequence[str] = BASELINES,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
     sgd_lrs: Sequence[float] = (0.05,),
     sgd_weight_decay: float = 0.0,
     schedule: str = "cosine",
+    baseline_lrs: Mapping[str, Sequence[float]] | None = None,
 ) -> list[OptimizerConfig]:
     """The optimizer configurations of a sweep, AutoSGM points first, then the baselines.
 
     Every numerator is run at each of ``lrs`` (AdamW too), unless ``numerator_lrs`` gives it its own
     learning rates: the correlation numerators (``a ≤ 1``, rising from 0) usually want a larger μ than
-    unity. AutoSGM points use decoupled weight decay ``weight_decay``; AdamW uses the same;
-    SGD-Nesterov uses coupled ``sgd_weight_decay`` (the usual setting of each optimizer).
+    unity. AutoSGM points use decoupled weight decay ``weight_decay``; AdamW, Prodigy, D-Adapt Adam
+    and Schedule-Free AdamW the same; Lion :data:`~.optimizers.LION_SCALE` times more; SGD-Nesterov
+    coupled ``sgd_weight_decay`` (the usual setting of each optimizer).
+
+    The baselines of :data:`BASELINES` run at ``baseline_lrs[name]`` when given, else at their
+    recommended learning rates: AdamW at ``lrs``, SGD-Nesterov at ``sgd_lrs``, Lion at ``lrs`` divided
+    by ``LION_SCALE``, Prodigy and D-Adapt Adam at 1, Schedule-Free AdamW at its default 2.5e-3
+    (with its warm-up and no schedule).
     """
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
     if not lrs:
         raise ValueError("lrs must not be empty")
-    numerator_lrs = dict(numerator_lrs or {})
-    stray = set(numerator_lrs) - set(numerators)
-    if stray:
-        raise ValueError(f"learning rates given for numerators not in the grid: {sorted(stray)}")
-    if any(not v for v in numerator_lrs.values()):
-        raise ValueError("numerator_lrs: every numerator needs at least one learning rate")
+    numerator_lrs = _lr_table("numerator_lrs", numerator_lrs, numerators, "numerators")
+    baseline_lrs = _lr_table("baseline_lrs", baseline_lrs, baselines, "baselines")
     configs = [
         OptimizerConfig.autosgm(lr, numerator=num, gamma=gamma, beta=beta, beta_a=beta_a,
                                 weight_decay=weight_decay, schedule=schedule)
@@ -81,14 +93,40 @@ def grid(
         for lr in numerator_lrs.get(num, lrs)
         for gamma in gammas
     ]
-    if "adamw" in baselines:
-        configs += [OptimizerConfig.torch_adamw(lr, weight_decay=weight_decay, beta=beta, beta_a=beta_a, schedule=schedule) for lr in lrs]
-    if "sgd-nesterov" in baselines:
-        configs += [OptimizerConfig.torch_sgd_nesterov(lr, momentum=beta, weight_decay=sgd_weight_decay, schedule=schedule) for lr in sgd_lrs]
+    for name in baselines:
+        decay = recommended_weight_decay(name, weight_decay, sgd_weight_decay)
+        window = None if name == "schedulefree-adamw" else schedule  # it runs without a window
+        for lr in baseline_lrs.get(name) or _default_baseline_lrs(name, lrs, sgd_lrs):
+            configs.append(baseline_config(name, lr, weight_decay=decay, beta=beta, beta_a=beta_a, schedule=window))
     keys = [c.key() for c in configs]
     if len(set(keys)) != len(keys):
         raise ValueError("the sweep grid contains duplicate configurations (repeated numerators, gammas or lrs?)")
     return configs
+
+
+def _lr_table(what: str, table: Mapping[str, Sequence[float]] | None, names: Sequence[str],
+              chosen: str) -> dict[str, Sequence[float]]:
+    """``table`` as a dict, checked: every name is in the grid and has at least one learning rate."""
+    table = dict(table or {})
+    stray = set(table) - set(names)
+    if stray:
+        raise ValueError(f"{what}: learning rates given for {chosen} not in the grid: {sorted(stray)}")
+    if any(not v for v in table.values()):
+        raise ValueError(f"{what}: every one of the {chosen} needs at least one learning rate")
+    return table
+
+
+def _default_baseline_lrs(name: str, lrs: Sequence[float], sgd_lrs: Sequence[float]) -> list[float]:
+    """The learning rates of a baseline in a sweep at ``lrs`` (see :func:`grid`)."""
+    if name == "adamw":
+        return list(lrs)
+    if name == "sgd-nesterov":
+        return list(sgd_lrs)
+    if name == "lion":
+        return [float(f"{lr / LION_SCALE:.12g}") for lr in lrs]
+    if name == "schedulefree-adamw":
+        return [SCHEDULEFREE_LR]
+    return [ESTIMATED_LR]  # prodigy, dadapt-adam
 
 
 def run_sweep(
