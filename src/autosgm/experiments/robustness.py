@@ -529,7 +529,7 @@ def write_report(records: Iterable[dict[str, Any]], paths: Mapping[str, Path],
     for what, draw in (("lr_figure", lr_figure), ("curves_figure", best_curves_figure)):
         fig = draw(profiles)
         try:
-            save_figure(fig, paths[what], dpi=150)
+            save_figure(fig, paths[what], dpi=150, bbox_inches="tight")
         finally:
             plt.close(fig)
     return profiles
