@@ -150,7 +150,7 @@ def test_run_appends_once(tmp_path, capsys):
     (line,) = out.read_text().splitlines()
     record = json.loads(line)
     assert record["optimizer"]["numerator"] == "parcor-markov" and record["optimizer"]["gamma"] == "nag"
-    assert record["seed"] == 2 and record["optimizer"]["lr"] == 3e-3  # the task's default lr
+    assert record["seed"] == 2 and record["optimizer"]["lr"] == 0.1  # the task's parcor rate
     assert "val loss" in capsys.readouterr().out
     assert main(argv) == 0
     assert "already in" in capsys.readouterr().out
@@ -322,3 +322,18 @@ def test_a_cifar_batch_that_is_not_one_is_named(content, tmp_path, capsys):
     (directory / "data_batch_2").write_bytes(content)
     assert main(["run", "--task", "cifar10", "--preset", "tiny", "--data", str(tmp_path), "-q"]) == 2
     assert f"{directory / 'data_batch_2'} is not a CIFAR-10 python batch" in _one_line_error(capsys, "run")
+
+
+def test_run_defaults_each_numerator_to_its_own_learning_rate():
+    """Without --lr a correlation numerator runs at the task's parcor rate, not at Adam's."""
+    from autosgm.cli import _optimizer_from_args
+    from autosgm.experiments.tasks import get_task_class
+
+    digits = get_task_class("digits")
+    parse = build_parser().parse_args
+    cfg = _optimizer_from_args(parse(["run", "--task", "digits", "--numerator", "parcor-markov"]), digits)
+    assert cfg.lr == digits.default_parcor_lr
+    cfg = _optimizer_from_args(parse(["run", "--task", "digits"]), digits)
+    assert cfg.lr == digits.default_lr
+    cfg = _optimizer_from_args(parse(["run", "--task", "digits", "--numerator", "corr", "--lr", "0.02"]), digits)
+    assert cfg.lr == 0.02

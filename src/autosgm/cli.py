@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"baseline (adamw, sgd-nesterov, sgd) or an external one ({EXTERNAL_NOTE}) (default: autosgm)")
     g.add_argument("--lr", type=_positive_float,
                    help="peak learning rate μ (default: the recommended one, see docs/experiments.md: the task's for "
-                        "AutoSGM and AdamW, 1 for prodigy and dadapt-adam, 2.5e-3 for schedulefree-adamw, "
+                        "AdamW and AutoSGM's unity numerator, the task's parcor rate for the correlation numerators, 1 for prodigy and dadapt-adam, 2.5e-3 for schedulefree-adamw, "
                         "AdamW's / 3 for lion)")
     g.add_argument("--numerator", default="unity", choices=NUMERATOR_NAMES, help="AutoSGM numerator (default: unity)")
     g.add_argument("--gamma", type=_gamma, default=0.0, help="filter zero γ: a number, nag = β/(1+β), mls = 1-sqrt(2(1-β)) (default: 0)")
@@ -494,13 +494,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _optimizer_from_args(args: argparse.Namespace, task_cls) -> Any:
-    from autosgm.experiments.optimizers import OptimizerConfig
+    from autosgm.experiments.optimizers import OptimizerConfig, recommended_lr
 
     kind = args.optimizer
     if kind in BASELINE_NAMES:
         return _baseline_from_args(args, task_cls)
     sgd_like = kind in ("autosgm-nesterov", "autosgm-heavy-ball", "sgd") or args.constant_oracle
-    lr = args.lr if args.lr is not None else (task_cls.default_sgd_lr if sgd_like else task_cls.default_lr)
+    if args.lr is not None:
+        lr = args.lr
+    elif sgd_like:
+        lr = task_cls.default_sgd_lr
+    else:  # the Adam point at the task's rate, a correlation numerator at its own (a ≤ 1 scales steps down)
+        lr = recommended_lr(args.numerator, task_cls)
     if args.weight_decay is not None:
         wd = args.weight_decay
     else:  # SGD-type optimizers use the task's coupled (L2) decay, the normalized ones its decoupled decay
