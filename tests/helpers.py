@@ -60,3 +60,30 @@ def max_rel_diff(a: nn.Module | list, b: nn.Module | list) -> float:
         if x.numel():
             worst = max(worst, (x.detach() - y.detach()).abs().max().item() / scale)
     return worst
+
+
+def against_spec_reference(ws: list[torch.Tensor], package: dict, reference: dict, steps: int,
+                           grads: Callable[[int, list[torch.Tensor]], list[torch.Tensor]]) -> tuple[float, tuple]:
+    """Step ``AutoSGM(**package)`` and ``spec_reference.SpecReference(**reference)`` from the same
+    weights ``ws`` with the same gradients ``grads(k, weights)`` for ``steps`` steps; returns the
+    largest difference of the weights (relative to the larger of 1 and max|reference|) at any step
+    and where it was, ``(step, tensor)``."""
+    from autosgm import AutoSGM
+    from spec_reference import SpecReference
+
+    params = [nn.Parameter(w.clone()) for w in ws]
+    mirror = [w.clone() for w in ws]
+    opt = AutoSGM(params, **package)
+    spec = SpecReference(mirror, **reference)
+    worst, where = 0.0, ()
+    for k in range(steps):
+        gs = grads(k, [p.detach() for p in params])
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+        spec.step([g.clone() for g in gs])
+        for i, (p, r) in enumerate(zip(params, mirror)):
+            err = ((p.detach() - r).abs().max() / max(1.0, r.abs().max().item())).item()
+            if err > worst:
+                worst, where = err, (k, i)
+    return worst, where

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from autosgm import AutoSGM, Window
-from spec_reference import SpecReference
+from autosgm import Window
+from helpers import against_spec_reference
 
 STEPS = 20
 WINDOW = Window(shape="cosine", tau=1, spe=STEPS)
@@ -55,24 +54,17 @@ def _start() -> list[torch.Tensor]:
     return ws
 
 
+def _grads(k: int, ws: list[torch.Tensor]) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(500 + k)
+    return [0.4 * w + 0.5 * torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in ws]
+
+
 @pytest.mark.parametrize("name, path", GRID)
 def test_every_path_steps_as_the_spec_says(name, path):
     pkg, ref = CASES[name]
     if "window" in ref:
         window = ref["window"]
         ref = dict(ref, window=lambda t: window(t))
-    ws = _start()
-    params = [nn.Parameter(w.clone()) for w in ws]
-    mirror = [w.clone() for w in ws]
-    opt = AutoSGM(params, lr=0.03, **pkg, **PATHS[path])
-    spec = SpecReference(mirror, lr=0.03, **ref)
-    for k in range(STEPS):
-        gen = torch.Generator().manual_seed(500 + k)
-        grads = [0.4 * p.detach() + 0.5 * torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        opt.step()
-        spec.step([g.clone() for g in grads])
-        for i, (p, r) in enumerate(zip(params, mirror)):
-            err = ((p.detach() - r).abs().max() / max(1.0, r.abs().max().item())).item()
-            assert err <= 1e-12, (name, path, k, i, err)
+    worst, where = against_spec_reference(_start(), dict(lr=0.03, **pkg, **PATHS[path]), dict(lr=0.03, **ref),
+                                          STEPS, _grads)  # fmt: skip
+    assert worst <= 1e-12, (name, path, where, worst)

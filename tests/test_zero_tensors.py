@@ -17,7 +17,8 @@ from torch import nn
 
 from autosgm import AutoSGM
 from autosgm.config import ZERO_TENSOR_START
-from spec_reference import ZERO_TENSOR_C0, SpecReference
+from helpers import against_spec_reference
+from spec_reference import ZERO_TENSOR_C0
 
 PARCOR = ("parcor-bounded", "parcor-maxbound", "parcor-markov", "parcor-chebyshev")
 MODES = ("tensor", "element")
@@ -94,23 +95,13 @@ def _tensors(zero: bool) -> list[torch.Tensor]:
     return ws
 
 
+def _grads(k: int, ws: list[torch.Tensor]) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(100 + k)
+    return [0.5 * w - 0.2 + 0.3 * torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in ws]
+
+
 def _trajectory(ws, kwargs: dict, reference: dict, steps: int = 25) -> float:
-    params = [nn.Parameter(w.clone()) for w in ws]
-    ref = [w.clone() for w in ws]
-    opt = AutoSGM(params, **kwargs)
-    spec = SpecReference(ref, **reference)
-    worst = 0.0
-    for k in range(steps):
-        gen = torch.Generator().manual_seed(100 + k)
-        grads = [0.5 * p.detach() - 0.2 + 0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64)
-                 for p in params]  # fmt: skip
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        opt.step()
-        spec.step([g.clone() for g in grads])
-        for p, r in zip(params, ref):
-            worst = max(worst, ((p.detach() - r).abs().max() / max(1.0, r.abs().max().item())).item())
-    return worst
+    return against_spec_reference(ws, kwargs, reference, steps, _grads)[0]
 
 
 @pytest.mark.parametrize("numerator, mode, path", GRID)
