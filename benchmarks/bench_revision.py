@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import subprocess
 import sys
 import tarfile
@@ -31,9 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def load_revision(rev: str, into: Path):
     """The ``autosgm`` package of git revision ``rev``, imported as ``autosgm_at_rev``."""
     archive = subprocess.run(["git", "archive", rev, "src/autosgm"], cwd=ROOT, check=True, capture_output=True).stdout
-    tar_path = into / "rev.tar"
-    tar_path.write_bytes(archive)
-    with tarfile.open(tar_path) as tar:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     pkg_dir = into / "src" / "autosgm"
     spec = importlib.util.spec_from_file_location("autosgm_at_rev", pkg_dir / "__init__.py",
@@ -68,14 +67,14 @@ def main(argv: list[str] | None = None) -> None:
                 kw = bench_step.PATH_KWARGS[p]
                 extra[f"{c} {p}"] = (lambda ps, make=here[c], kw=kw: make(ps, **kw), "torch Adam")
                 extra[f"{c} {p} @{args.rev}"] = (lambda ps, make=there[c], kw=kw: make(ps, **kw), "torch Adam")
-        run_args = argparse.Namespace(device="cpu", paths=["foreach"], configs=["-"], quick=False)
+        run_args = argparse.Namespace(device="cpu", paths=["foreach"], configs=[], quick=False)
         print(f"# bench_revision: this tree against {args.rev}; torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads")
         print("command: python benchmarks/bench_revision.py " + " ".join(argv if argv is not None else sys.argv[1:]))
         for s in [s for s in args.sets.split(",") if s]:
             reps = args.reps or {"mlp": 60, "transformer": 12, "small": 30}[s]
             entries = bench_step.run_set(s, bench_step.SETS[s](), argparse.Namespace(**{**vars(run_args), "reps": reps}),
-                                         extra)  # fmt: skip
+                                         extra, autosgm=False)  # fmt: skip
             ms = {e.name: bench_step.median_ms(e) for e in entries if e.name in extra}
             adam = next(bench_step.median_ms(e) for e in entries if e.name == "torch Adam")
             print(f"median of {reps} interleaved repetitions; torch Adam (foreach) {adam:.3f} ms\n")

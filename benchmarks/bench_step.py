@@ -163,9 +163,11 @@ def _sync(device: torch.device) -> None:
 
 
 def run_set(name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace,
-            extra: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] | None = None) -> list[Entry]:
+            extra: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] | None = None,
+            autosgm: bool = True) -> list[Entry]:
     """Time every optimizer on one parameter set; ``extra`` adds ``name -> (factory, torch
-    reference)`` entries on the multi-tensor path (``floor_parcor.py``'s hand-written chain)."""
+    reference)`` entries on the multi-tensor path (``floor_parcor.py``'s hand-written chain,
+    ``bench_revision.py``'s two trees); ``autosgm=False`` leaves out AutoSGM's own configurations."""
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     params = []
@@ -182,7 +184,7 @@ def run_set(name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace,
             if cname == "torch AdamW" and path != "foreach":
                 continue
             entries.append(Entry(cname, path, make(params, **PATH_KWARGS[path]), None, []))
-    for cname, make in _autosgm_configs().items():
+    for cname, make in (_autosgm_configs() if autosgm else {}).items():
         if args.configs and cname not in args.configs:
             continue
         for path in args.paths:
