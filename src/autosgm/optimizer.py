@@ -394,7 +394,7 @@ class AutoSGM(Optimizer):
         groups = list(enumerate(zip(self.param_groups, configs)))
         conversions = [self._settings_change(gi, group, cfg) for gi, (group, cfg) in groups]
         plans = [self._plan(group) for group in self.param_groups]
-        skip = self._nonfinite_groups(configs)
+        skip = self._nonfinite_groups(configs, [params for params, _ in plans])
         window_values = []
         for gi, (group, cfg) in groups:
             if gi in skip:
@@ -483,18 +483,18 @@ class AutoSGM(Optimizer):
             F = _multi_tensor_group(self, gi, group, params, cfg, mu, path == "fused")
         return F
 
-    def _nonfinite_groups(self, configs: list[AutoSGMConfig]) -> set[int]:
-        """Apply the groups' non-finite-gradient policies before anything is updated.
+    def _nonfinite_groups(self, configs: list[AutoSGMConfig], params: list[list[Tensor]]) -> set[int]:
+        """Apply the groups' non-finite-gradient policies before anything is updated (``params``:
+        each group's parameters with gradients).
 
         Returns the groups to skip (``"skip"``); raises :class:`FloatingPointError` for a
         ``"raise"`` group, leaving every group untouched. ``"proceed"`` groups are not checked.
         """
         bad = []
-        for gi, (group, cfg) in enumerate(zip(self.param_groups, configs)):
+        for gi, (cfg, ps) in enumerate(zip(configs, params)):
             if cfg.nonfinite == "proceed":
                 continue
-            grads = [p.grad for p in group["params"] if p.grad is not None]
-            if not _all_finite(grads):
+            if not _all_finite([p.grad for p in ps]):
                 if cfg.nonfinite == "raise":
                     raise FloatingPointError(f"non-finite gradient in param group {gi} (nonfinite='raise')")
                 bad.append(gi)
