@@ -939,6 +939,83 @@ def _ema_(ops, state, x, pole: float) -> None:
     ops.lerp_(state, x, 1.0 - pole)
 
 
+# The numerator's estimators (spec §4), each a small step of its own. ``st`` maps buffer names to
+# the buffer (or list, or packed vector) of the tensor(s); ``x = w · v̄`` is a fresh tensor.
+def markov_clip(ops, st: dict[str, Any], x: TensorLike, cfg: AutoSGMConfig) -> None:
+    """Markov prefilter: ``x ← sign(x)·min(|x|, k E|x|) = clip(x, ±k E|x|)`` (k = 4; since
+    ``P(|x| > k E|x|) ≤ 1/k``), with ``E|x|`` a pole-β_a average (per tensor: of ``mean |x|``)."""
+    per_tensor = cfg.numerator_mode == "tensor"
+    _ema_(ops, st["num_absx"], ops.mean_abs(x) if per_tensor else ops.abs(x), cfg.beta_a)
+    bound = ops.mul(st["num_absx"], ROBUST_K)
+    ops.clip_(x, ops.neg(bound), bound)
+
+
+def chebyshev_clip(ops, st: dict[str, Any], x: TensorLike, cfg: AutoSGMConfig) -> None:
+    """Chebyshev prefilter: ``x ← clip(x, E[x] ± k sd(x))`` (k = 4; ``P(|x − E x| > k sd) ≤ 1/k²``),
+    with ``E[x]`` and ``Var[x] = E[(x − E[x])²]`` pole-β_a averages (per tensor: of the means)."""
+    ba = cfg.beta_a
+    mean, var = st["num_xmean"], st["num_xvar"]
+    if cfg.numerator_mode == "tensor":
+        _ema_(ops, mean, ops.mean(x), ba)
+        _ema_(ops, var, ops.mean_sq_dev(x, mean), ba)
+    else:
+        _ema_(ops, mean, x, ba)
+        dev = ops.sub(x, mean)
+        ops.mul_(dev, dev)
+        _ema_(ops, var, dev, ba)
+    sd = ops.sqrt(var)
+    lo = ops.add(mean, sd, alpha=-ROBUST_K)  # E[x] − k sd (k sd is exact: k = 4)
+    ops.clip_(x, lo, ops.add(mean, sd, alpha=ROBUST_K))
+
+
+def cap_one(ops, st: dict[str, Any], w: TensorLike, a: TensorLike, cfg: AutoSGMConfig) -> None:
+    """Cap of ``parcor-bounded``: ``a ← min(a, 1)``."""
+    ops.minimum_(a, 1.0)
+
+
+def cap_weight(ops, st: dict[str, Any], w: TensorLike, a: TensorLike, cfg: AutoSGMConfig) -> None:
+    """Cap of codes 2-4: ``a ← min(a, 1 + E[w²])``, ``E[w²] ← β_n E[w²] + (1 − β_n) w²``."""
+    w2, bn = st["num_w2"], cfg.beta_n
+    ops.mul_(w2, bn)
+    ops.addcmul_(w2, w, w, 1.0 - bn)
+    ops.minimum_(a, ops.add(w2, 1.0))
+
+
+#: The partial-correlation numerators: (prefilter of x = w·v̄ or None, cap of a = |c|).
+PARCOR = {
+    "parcor-bounded": (chebyshev_clip, cap_one),
+    "parcor-maxbound": (None, cap_weight),
+    "parcor-markov": (markov_clip, cap_weight),
+    "parcor-chebyshev": (chebyshev_clip, cap_weight),
+}
+
+
+def partial_correlation(ops, st: dict[str, Any], w: TensorLike, vbar: TensorLike, cfg: AutoSGMConfig) -> TensorLike:
+    """``a = cap(|c|)`` with the accumulator ``c ← β_n c + x``, ``x = prefilter(w · v̄)``."""
+    prefilter, cap = PARCOR[cfg.numerator]
+    c, bn = st["num_c"], cfg.beta_n
+    if prefilter is None:
+        ops.mul_(c, bn)
+        ops.addcmul_(c, w, vbar, 1.0)  # c ← β_n c + w v̄
+    else:
+        x = ops.mul(w, vbar)
+        prefilter(ops, st, x, cfg)
+        ops.scale_add_(c, bn, x)  # c ← β_n c + x
+    a = ops.abs(c)
+    cap(ops, st, w, a, cfg)
+    return a
+
+
+def mean_square(ops, st: dict[str, Any], g: TensorLike, d: TensorLike, cfg: AutoSGMConfig, debias: Any) -> TensorLike:
+    """``corr``: ``a = min(E[ḡ²], 1)``, ``E[ḡ²] ← β_n E + (1 − β_n) ḡ²``, ``ḡ = g / d``
+    (``d`` here is ``S·d``, so ``ḡ² = (S g / S d)²``)."""
+    c, bn = st["num_c"], cfg.beta_n
+    gbar = ops.div(g, d)
+    ops.mul_(c, bn)
+    ops.addcmul_(c, gbar, gbar, (1.0 - bn) * debias * debias)
+    return ops.minimum(c, 1.0)
+
+
 def numerator(
     ops,
     st: dict[str, Any],
@@ -949,62 +1026,23 @@ def numerator(
     cfg: AutoSGMConfig,
     debias: Any = 1.0,
 ) -> Any:
-    """Learning-rate numerator ``a[t]`` (spec §4); ``None`` for ``unity`` (a = 1).
+    """Learning-rate numerator ``a[t]`` (spec §4) for ``cfg.numerator``; ``None`` for ``unity`` (a = 1).
 
-    ``x = w · v̄`` with ``v̄ = v̂ / d``; ``d`` here is ``S·d`` (``S = debias``; only ``corr``
-    reads it). Partial
-    correlation: ``c ← β_n c + x`` and ``a = min(|c|, cap)`` with cap 1 (``parcor-bounded``) or
-    ``1 + E[w²]`` (codes 2-4); the Markov prefilter replaces ``x`` by ``sign(x)·min(|x|, k E|x|)``,
-    the Chebyshev prefilter clips ``x`` to ``E[x] ± k sd(x)`` (k = 4, statistics with pole β_a).
-    ``corr``: ``a = min(E[ḡ²], 1)``, ``ḡ = g/d``. Per-tensor mode returns ``mean(a)`` smoothed by
-    a pole-0.1 filter (one value per tensor); element-wise mode returns ``a`` itself.
-    ``st`` maps buffer names to the tensor (or list) of that buffer.
+    ``x = w · v̄`` with ``v̄ = v̂ / d``; ``d`` here is ``S·d`` (``S = debias``; only ``corr`` reads
+    it): :func:`partial_correlation` (prefilters :func:`markov_clip`, :func:`chebyshev_clip`; caps
+    :func:`cap_one`, :func:`cap_weight`) or :func:`mean_square`. Per-tensor mode returns
+    ``mean(a)`` smoothed by a pole-0.1 filter (one value per tensor); element-wise mode returns
+    ``a`` itself.
     """
-    name = cfg.numerator
-    if name == "unity":
+    if cfg.numerator == "unity":
         return None
-    per_tensor = cfg.numerator_mode == "tensor"
-    ba, bn = cfg.beta_a, cfg.beta_n
-    c = st["num_c"]
-    if name == "corr":  # E[ḡ²] = β_n E + (1 − β_n) (S g / S d)²
-        gbar = ops.div(g, d)
-        ops.mul_(c, bn)
-        ops.addcmul_(c, gbar, gbar, (1.0 - bn) * debias * debias)
-        a = ops.minimum(c, 1.0)
+    if cfg.numerator == "corr":
+        a = mean_square(ops, st, g, d, cfg, debias)
     else:
-        if "num_absx" not in st and "num_xmean" not in st:
-            ops.mul_(c, bn)
-            ops.addcmul_(c, w, vbar, 1.0)  # c ← β_n c + w v̄
-        else:
-            x = ops.mul(w, vbar)
-            if "num_absx" in st:  # Markov: sign(x)·min(|x|, k E|x|) = clip(x, ±k E|x|)
-                _ema_(ops, st["num_absx"], ops.mean_abs(x) if per_tensor else ops.abs(x), ba)
-                cap = ops.mul(st["num_absx"], ROBUST_K)
-                ops.clip_(x, ops.neg(cap), cap)
-            if "num_xmean" in st:  # Chebyshev: clip(x, E[x] ± k sd(x))
-                mean, var = st["num_xmean"], st["num_xvar"]
-                _ema_(ops, mean, ops.mean(x) if per_tensor else x, ba)
-                if per_tensor:
-                    _ema_(ops, var, ops.mean_sq_dev(x, mean), ba)
-                else:
-                    dev = ops.sub(x, mean)
-                    ops.mul_(dev, dev)
-                    _ema_(ops, var, dev, ba)
-                sd = ops.sqrt(var)
-                lo = ops.add(mean, sd, alpha=-ROBUST_K)  # E[x] − k sd (k sd is exact: k = 4)
-                ops.clip_(x, lo, ops.add(mean, sd, alpha=ROBUST_K))
-            ops.scale_add_(c, bn, x)  # c ← β_n c + x
-        a = ops.abs(c)
-        if "num_w2" in st:  # E[w²] ← β_n E[w²] + (1 − β_n) w²
-            w2 = st["num_w2"]
-            ops.mul_(w2, bn)
-            ops.addcmul_(w2, w, w, 1.0 - bn)
-            ops.minimum_(a, ops.add(w2, 1.0))
-        else:
-            ops.minimum_(a, 1.0)
-    if not per_tensor:
+        a = partial_correlation(ops, st, w, vbar, cfg)
+    if cfg.numerator_mode != "tensor":
         return a
-    _ema_(ops, st["num_a"], ops.mean_nonneg(a), SHORT_POLE)
+    _ema_(ops, st["num_a"], ops.mean_nonneg(a), SHORT_POLE)  # the per-tensor smoothing
     return st["num_a"]
 
 
