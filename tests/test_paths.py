@@ -142,7 +142,8 @@ def cpu_form(request, monkeypatch):
     workspace (the default), and ``torch._foreach_*`` over lists (the form of other devices)."""
     import autosgm.optimizer
 
-    monkeypatch.setattr(autosgm.optimizer, "CPU_LAYOUT", request.param == "packed")
+    if request.param == "lists":
+        monkeypatch.setattr(autosgm.optimizer, "uses_cpu_layout", lambda *args: False)
     return request.param
 
 
@@ -165,7 +166,7 @@ def test_foreach_in_sub_lists_equals_single_tensor(name, monkeypatch):
 
     monkeypatch.setattr(autosgm.optimizer, "FOREACH_CHUNK", 20)  # a few tensors per sub-list
     monkeypatch.setattr(autosgm.optimizer, "FOREACH_CHUNK_PLAIN", 20)
-    monkeypatch.setattr(autosgm.optimizer, "CPU_LAYOUT", False)
+    monkeypatch.setattr(autosgm.optimizer, "uses_cpu_layout", lambda *args: False)
     ref = run(CASES[name], dict(foreach=False))
     got = run(CASES[name], dict(foreach=True))
     assert worst_difference(got, ref, tol32=FOREACH_TOL32)[0] <= 1e-12
@@ -604,3 +605,52 @@ def test_direct_calls_only_on_the_torch_versions_they_were_verified_on():
     assert direct_calls_verified("2.13.0") and direct_calls_verified("2.13.0+cpu") and direct_calls_verified("2.13.1")
     assert not direct_calls_verified("2.14.0") and not direct_calls_verified("2.6.0+cu124")
     assert direct_calls_verified() == (".".join(torch.__version__.split("+")[0].split(".")[:2]) in DIRECT_CALL_TORCH)
+
+
+# ------------------------------------------------------------------------------------------------
+# optimizer.state is the state's one owner
+# ------------------------------------------------------------------------------------------------
+def _run_with_replaced_state(kwargs: dict, path: dict, large: bool = False):
+    """Steps in which, after step 4, state tensors are replaced by hand (a packed small tensor's
+    and a large one's), an entry is replaced by an equal tensor and a whole state dict is
+    replaced: the next steps must update the tensors then in ``optimizer.state``."""
+    groups = make_params(torch.float64, large)
+    opt = AutoSGM([{"params": groups[0]}, {"params": groups[1], "lr": 3e-3}], lr=1e-2, **kwargs, **path)
+    for k in range(STEPS):
+        set_grads(groups, k)
+        opt.step()
+        if k == 4:
+            small, other, last = groups[0][0], groups[1][1], groups[0][-1]
+            for name in ("filter_state", "moment"):
+                if name in opt.state[small]:
+                    opt.state[small][name] = opt.state[small][name] * 2.0  # a new tensor
+            opt.state[other].update({k: v.clone() for k, v in opt.state[other].items()})
+            opt.state[last]["moment"] = opt.state[last]["moment"] + 0.5
+    return groups, opt
+
+
+@pytest.mark.parametrize("name", ["adam", "parcor-markov-tensor", "parcor-chebyshev-element"])
+def test_foreach_uses_state_tensors_replaced_by_hand(name, cpu_form):
+    ref = _run_with_replaced_state(CASES[name], dict(foreach=False))
+    got = _run_with_replaced_state(CASES[name], dict(foreach=True))
+    assert worst_difference(got, ref, tol32=FOREACH_TOL32)[0] <= 1e-12
+    unchanged = run(CASES[name], dict(foreach=True))  # (the replacements changed the trajectory)
+    assert worst_difference(got, unchanged)[0] > 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["adam", "parcor-markov-tensor"])
+def test_fused_uses_state_tensors_replaced_by_hand(name):
+    ref = _run_with_replaced_state(CASES[name], dict(foreach=False), large=True)
+    got = _run_with_replaced_state(CASES[name], dict(fused=True), large=True)
+    assert worst_difference(got, ref, tol32=1e6)[0] <= 1e-9
+
+
+def test_state_dicts_pickle_as_plain_dicts():
+    groups, opt = run(CASES["parcor-markov-tensor"], dict(foreach=True))
+    assert all(type(v) is dict for v in copy.deepcopy(opt.state_dict())["state"].values())
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    assert all(type(v) is dict for v in loaded["state"].values())

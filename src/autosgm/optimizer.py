@@ -351,7 +351,9 @@ class AutoSGM(Optimizer):
         ``step`` is a 0-d float32 tensor on the CPU (as torch.optim keeps it). The buffers have
         :func:`~autosgm.pipeline.state_dtype` (float32 for float16/bfloat16 parameters).
         """
-        state = self.state[p]
+        state = self.state.get(p)
+        if type(state) is not ParamState:  # new, or loaded (a plain dict)
+            state = self.state[p] = ParamState(state or ())
         if len(state) == 0:
             dtype = P.state_dtype(w.dtype)
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
@@ -503,6 +505,13 @@ class AutoSGM(Optimizer):
                 self.skipped_steps.append(0)
             self.skipped_steps[gi] += 1
         return set(bad)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict, each parameter's state a plain ``dict`` (loadable with
+        ``torch.load(weights_only=True)``; the tensors are the state's own, as torch.optim's)."""
+        out = super().state_dict()
+        out["state"] = {k: dict(v) if isinstance(v, ParamState) else v for k, v in out["state"].items()}
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state; refused when a group's saved settings differ from this optimizer's, or when
@@ -857,7 +866,7 @@ class _Bucket:
         if fused:
             self.layout = FusedLayout(params, states, per_tensor, self.dtype, plain)
             return
-        if params[0].device.type == "cpu" and CPU_LAYOUT and cfg.numerator != "unity" and plain:
+        if uses_cpu_layout(params, cfg, plain):
             self.cpu = CpuLayout(params, states, per_tensor, self.dtype)
             return
         buffers = {k: pack_scalars(states, k) if k in per_tensor else [st[k] for st in states] for k in names}
@@ -876,21 +885,75 @@ class _Bucket:
 #: three passes read the gradient and the weights twice and gain from the smaller sub-lists).
 FOREACH_CHUNK = 1 << 18
 FOREACH_CHUNK_PLAIN = 1 << 20
-#: Whether the multi-tensor path on the CPU steps a numerator's chain tensor by tensor and pack by
-#: pack with a reused workspace (:mod:`autosgm.packing`) instead of ``torch._foreach_*`` over lists
-#: (the ``unity`` chain has one temporary at most, as torch's Adam; it keeps the lists).
-CPU_LAYOUT = True
+
+
+def uses_cpu_layout(params: list[Tensor], cfg: AutoSGMConfig, plain: bool) -> bool:
+    """Whether the multi-tensor path steps a bucket tensor by tensor and pack by pack with a reused
+    workspace (:mod:`autosgm.packing`) instead of ``torch._foreach_*`` over lists: a numerator's
+    chain on the CPU, for plain tensors (the ``unity`` chain has one temporary at most, as torch's
+    Adam, and keeps the lists, as other devices do)."""
+    return plain and cfg.numerator != "unity" and params[0].device.type == "cpu"
+
+
+class ParamState(dict):
+    """One parameter's state in ``optimizer.state``: a dict that tells the plan which gathered its
+    tensors (bucket lists, packs) when an entry is replaced, added or removed, so that the next
+    step rebuilds the plan from the tensors the dict then holds. The dicts in ``optimizer.state``
+    stay the state's one owner: a tensor replaced by hand is the one the next step updates.
+    Pickles (``torch.save``, ``copy.deepcopy``) as a plain dict.
+    """
+
+    __slots__ = ("plan",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.plan: _GroupCache | None = None
+
+    def _changed(self) -> None:
+        if self.plan is not None:
+            self.plan.stale = True
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def pop(self, *args: Any) -> Any:
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        self._changed()
+        return super().popitem()
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self._changed()
+        return super().setdefault(key, default)
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+    def __reduce__(self) -> tuple:
+        return dict, (dict(self),)
 
 
 class _GroupCache:
     """What a group's multi-tensor step reuses while its parameters with gradients stay the same.
 
     Rebuilt when that set, the group's settings or path, or the optimizer's state object
-    (``load_state_dict``) change, and after a reference-path step; state tensors replaced by hand
-    in ``optimizer.state`` are not noticed.
+    (``load_state_dict``) change, when an entry of one of its parameters' state dicts was replaced
+    (:class:`ParamState` marks it ``stale``), and after a reference-path step.
     """
 
-    __slots__ = ("key", "group", "state", "cfg", "fused", "buckets")
+    __slots__ = ("key", "group", "state", "cfg", "fused", "buckets", "stale")
 
 
 def _group_cache(opt: "AutoSGM", gi: int, group: dict[str, Any], params: list[Tensor],
@@ -900,8 +963,8 @@ def _group_cache(opt: "AutoSGM", gi: int, group: dict[str, Any], params: list[Te
     caches = opt._plans
     key = tuple(map(id, params))
     cache = caches.get(gi)
-    if (cache is not None and cache.key == key and cache.group is group and cache.state is opt.state
-            and cache.cfg is cfg and cache.fused == fused):  # fmt: skip
+    if (cache is not None and not cache.stale and cache.key == key and cache.group is group
+            and cache.state is opt.state and cache.cfg is cfg and cache.fused == fused):  # fmt: skip
         return cache
     cache = _GroupCache()
     cache.key, cache.group, cache.state, cache.cfg, cache.fused = key, group, opt.state, cfg, fused
@@ -916,6 +979,9 @@ def _group_cache(opt: "AutoSGM", gi: int, group: dict[str, Any], params: list[Te
                 [states[i] for i in index], cfg, fused)
         for index in by_kind.values()
     ]  # fmt: skip
+    for state in states:  # (after the buckets gathered and packed the state)
+        state.plan = cache
+    cache.stale = False
     caches[gi] = cache
     return cache
 
