@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-import autosgm.pipeline as pipeline
+import autosgm.step as step_math
 from autosgm.experiments.optimizers import OptimizerConfig
 from autosgm.experiments.results import append_result, completed_keys, read_results, run_key
 from autosgm.experiments.runner import run
@@ -52,7 +52,7 @@ C0 = 1e-2  # the package's default zero_tensor_start
 SEEDS_C = {"seed-c": C0, "seed-c-1e-3": 1e-3, "seed-c-1e-1": 1e-1}
 REMEDIES = ("none", "floor", "unit", "grad-seed", *SEEDS_C)
 
-_spec_numerator = pipeline.numerator
+_spec_numerator = step_math.numerator
 _active = {"remedy": "none"}
 
 
@@ -72,7 +72,7 @@ def _study_numerator(ops, st, w, g, vbar, d, cfg, debias=1.0):
         prev = st["num_a"].clone() if per_tensor else None
         a = _spec_numerator(ops, st, w, g, vbar, d, cfg, debias)
         if per_tensor:  # the short filter sees a = 1
-            st["num_a"].copy_(prev * pipeline.SHORT_POLE + (1.0 - pipeline.SHORT_POLE))
+            st["num_a"].copy_(prev * step_math.SHORT_POLE + (1.0 - step_math.SHORT_POLE))
             return st["num_a"]
         return torch.ones_like(a)
     a = _spec_numerator(ops, st, w, g, vbar, d, cfg, debias)
@@ -81,7 +81,7 @@ def _study_numerator(ops, st, w, g, vbar, d, cfg, debias=1.0):
     return a
 
 
-pipeline.numerator = _study_numerator
+step_math.numerator = _study_numerator
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from autosgm import NUMERATORS, AutoSGM, Window
-from autosgm.pipeline import NUMERATOR_BUFFERS
+from autosgm.step import NUMERATOR_BUFFERS
 
 from helpers import loss_fn, make_net, max_rel_diff, train, two_groups
 

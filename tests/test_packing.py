@@ -1,4 +1,4 @@
-"""The CPU multi-tensor path's workspace (:class:`autosgm.pipeline.Arena`) and layout.
+"""The CPU multi-tensor path's workspace (:class:`autosgm.packing.Arena`) and layout.
 
 The path must give the reference's results (``test_paths.py`` checks that for every configuration);
 here: the workspace hands out pieces that never overlap within a step (a rewind takes back a
@@ -16,7 +16,7 @@ from torch import nn
 
 import autosgm.packing as packing
 from autosgm import AutoSGM
-from autosgm.pipeline import Arena
+from autosgm.packing import Arena
 
 from test_paths import CASES, FOREACH_TOL32, run, worst_difference
 
@@ -208,7 +208,7 @@ def test_fused_path_packs_a_group_that_starts_with_an_empty_tensor():
 def test_foreach_add_scales_every_kind_of_operand(y):
     """``FOREACH_OPS.add(xs, y, alpha)`` is ``x + alpha·y`` for a list, a packed per-tensor vector
     (entry i for tensor i) and a number, as the reference's ``add``."""
-    from autosgm.pipeline import FOREACH_OPS, TENSOR_OPS
+    from autosgm.ops import FOREACH_OPS, TENSOR_OPS
 
     xs = [torch.randn(3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)]
     ys = {"list": [torch.randn(3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)],
@@ -226,7 +226,7 @@ def test_foreach_number_operands_give_the_reference_bits(value, dtype, n, seed):
     """On the CPU a number operand of a list op becomes one 0-d tensor of the list's dtype
     (torch wraps a number per element otherwise): the results equal the single-tensor ops', bit
     for bit."""
-    from autosgm.pipeline import FOREACH_OPS, TENSOR_OPS
+    from autosgm.ops import FOREACH_OPS, TENSOR_OPS
 
     gen = torch.Generator().manual_seed(seed)
     xs = [torch.randn(k + 3, generator=gen, dtype=dtype) for k in range(n)]

@@ -1,6 +1,6 @@
 """The three paths of a step agree: multi-tensor (foreach) and fused (compiled) equal the reference.
 
-Every path runs the same stage chain (:func:`autosgm.pipeline.tensor_step`) with other ops, so
+Every path runs the same stage chain (:func:`autosgm.step.tensor_step`) with other ops, so
 their parameters and state must agree: float64 to 1e-12 for the multi-tensor path, float32 to
 1e-6 (relative) for the fused path, after steps that include missing gradients, a parameter frozen
 and later unfrozen (so step counts differ within a group), zero-size, one-element, strided and

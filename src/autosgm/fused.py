@@ -1,7 +1,7 @@
 r"""The fused path: the whole AutoSGM step of a tensor as one compiled kernel.
 
-:func:`fused_kernel` compiles :func:`autosgm.pipeline.tensor_step` with the
-:data:`~autosgm.pipeline.FUSED_OPS` primitives through ``torch.compile`` (inductor), which fuses
+:func:`fused_kernel` compiles :func:`autosgm.step.tensor_step` with the
+:data:`~autosgm.ops.FUSED_OPS` primitives through ``torch.compile`` (inductor), which fuses
 the element-wise chain filter → moment → numerator → update into one loop over each tensor (plus
 a reduction pass when a per-tensor numerator needs a mean). The math is the stages' own: only
 the primitives differ. A compiled program is
@@ -40,7 +40,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import pipeline as P
+from .ops import FUSED_OPS, PackedOps, PerTensor, TENSOR_OPS, host_values
+from .step import PER_TENSOR_STATS, StepScalars, state_dtype, tensor_step
 from .config import AutoSGMConfig
 from .packing import Pack, chunks_by_size, packable
 
@@ -67,10 +68,10 @@ def fused_kernel(cfg: AutoSGMConfig, dtype: torch.dtype, device: torch.device, p
 
     Steps each ``(w, g, state)`` of the lists in place: ``w``, ``g`` and the element-wise buffers
     of ``state`` share one shape; ``scalars`` holds the fields of a
-    :class:`~autosgm.pipeline.StepScalars` in the state's dtype on ``w``'s device. Each ``w`` is one tensor (its per-tensor statistics have one element), except
+    :class:`~autosgm.step.StepScalars` in the state's dtype on ``w``'s device. Each ``w`` is one tensor (its per-tensor statistics have one element), except
     that with ``seg`` (each element's tensor index) and ``inv_count`` (``1/max(numel, 1)`` per
     tensor) the last ``w`` is a packed workspace of several tensors and its per-tensor statistics
-    are vectors (see :class:`~autosgm.pipeline.PackedOps`). float16/bfloat16 parameters are
+    are vectors (see :class:`~autosgm.ops.PackedOps`). float16/bfloat16 parameters are
     computed in float32 inside the kernel and rounded once.
     """
     key = (cfg, dtype, device.type, packed)
@@ -83,18 +84,13 @@ def fused_kernel(cfg: AutoSGMConfig, dtype: torch.dtype, device: torch.device, p
 def _compile(cfg: AutoSGMConfig) -> Callable[..., None]:
     def step(ws: list[Tensor], gs: list[Tensor], states: list[dict], scalars: Tensor,
              seg: Tensor | None = None, inv_count: Tensor | None = None) -> None:  # fmt: skip
-        sc = P.StepScalars(*scalars.unbind(0))
+        values = StepScalars(*scalars.unbind(0))
         for j, (w, g, state) in enumerate(zip(ws, gs, states)):
-            dtype = P.state_dtype(w.dtype)
-            cw = w.to(dtype) if dtype != w.dtype else w
-            cg = g.to(dtype) if dtype != g.dtype else g
-            ops = P.FUSED_OPS
+            ops = FUSED_OPS
             if seg is not None and j == len(ws) - 1:
-                ops = P.PackedOps(seg, inv_count)
-                state = {k: P.PerTensor(v) if k in P.PER_TENSOR_STATS else v for k, v in state.items()}
-            P.tensor_step(ops, cw, cg, state, cfg, sc)
-            if dtype != w.dtype:
-                w.copy_(cw)
+                ops = PackedOps(seg, inv_count)
+                state = {k: PerTensor(v) if k in PER_TENSOR_STATS else v for k, v in state.items()}
+            tensor_step(ops, w, g, state, cfg, values)
 
     # A code object of its own per configuration, dtype, device and packed or not: dynamo caches
     # compilations (and counts them against its recompile limit, 8) per code object; one of these
@@ -410,10 +406,10 @@ def _run(layout: FusedLayout, c: _Call, kernel: _Kernel, wl: list[Tensor], gl: l
 
 
 def fused_step(layout: FusedLayout, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGMConfig,
-               sc: P.StepScalars) -> None:  # fmt: skip
+               values: StepScalars) -> None:  # fmt: skip
     """One fused step of a bucket: ``ws``/``gs`` are its parameters (real views) and gradients."""
     dtype, device = ws[0].dtype, ws[0].device
-    scalars = P.host_values(sc, P.state_dtype(dtype), device)
+    scalars = host_values(values, state_dtype(dtype), device)
     for c in layout.calls:
         # 1-D detached aliases: plain tensors (a view or a Parameter would be compiled for its shape)
         wl = [layout.alias(i, ws[i]) for i in c.index]
@@ -431,4 +427,4 @@ def fused_step(layout: FusedLayout, ws: list[Tensor], gs: list[Tensor], cfg: Aut
              c.pack.inv_count)  # fmt: skip
         torch._foreach_copy_(pw, pieces_w)
     for i, bufs in layout.eager:
-        P.update_tensor(ws[i], gs[i], bufs, cfg, sc)
+        tensor_step(TENSOR_OPS, ws[i], gs[i], bufs, cfg, values)

@@ -13,7 +13,8 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from . import pipeline as P
+from .ops import FOREACH_OPS, TENSOR_OPS, plain_value
+from .step import NUMERATOR_BUFFERS, PER_TENSOR_STATS, step_scalars, state_dtype, tensor_step
 from .fused import FusedLayout, fused_step
 from .packing import CpuLayout, chunks_by_size, cpu_step, pack_scalars
 from .config import SEED_KEYS, ZERO_TENSOR_START, AutoSGMConfig, check_lr, numerator_name, parse_seed_tuples
@@ -70,9 +71,9 @@ STATE_FORMAT = 2
 _FOREIGN_SETTINGS = frozenset({"amsgrad", "capturable", "dampening", "differentiable", "history_size", "momentum",
                                "nesterov"})
 #: Every name a parameter's state may hold.
-_STATE_NAMES = frozenset({"step", "filter_state", "moment", "num_a"}).union(*P.NUMERATOR_BUFFERS.values())
+_STATE_NAMES = frozenset({"step", "filter_state", "moment", "num_a"}).union(*NUMERATOR_BUFFERS.values())
 #: The numerator whose buffers (besides ``num_a``) are exactly these.
-_NUMERATOR_OF_BUFFERS = {frozenset(names): name for name, names in P.NUMERATOR_BUFFERS.items()}
+_NUMERATOR_OF_BUFFERS = {frozenset(names): name for name, names in NUMERATOR_BUFFERS.items()}
 #: Devices and parameter dtypes the fused path compiles for.
 FUSED_DEVICES = ("cpu", "cuda")
 _FUSED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
@@ -349,20 +350,20 @@ class AutoSGM(Optimizer):
         """Create ``p``'s state on first use: only the buffers the configuration needs.
 
         ``step`` is a 0-d float32 tensor on the CPU (as torch.optim keeps it). The buffers have
-        :func:`~autosgm.pipeline.state_dtype` (float32 for float16/bfloat16 parameters).
+        :func:`~autosgm.step.state_dtype` (float32 for float16/bfloat16 parameters).
         """
         state = self.state.get(p)
         if type(state) is not ParamState:  # new, or loaded (a plain dict)
             state = self.state[p] = ParamState(state or ())
         if len(state) == 0:
-            dtype = P.state_dtype(w.dtype)
+            dtype = state_dtype(w.dtype)
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             for name, per_tensor in _buffer_layout(cfg).items():
                 if per_tensor:
                     state[name] = torch.zeros((), dtype=dtype, device=w.device)
                 else:
                     state[name] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
-            c0 = P.correlation_start(cfg, w)
+            c0 = correlation_start(cfg, w)
             if c0 != 0.0:
                 state["num_c"].fill_(c0)
         return state
@@ -471,18 +472,43 @@ class AutoSGM(Optimizer):
 
     def _group_step(self, gi: int, group: dict[str, Any], params: list[Tensor], cfg: AutoSGMConfig,
                     mu: float, path: str) -> float:  # fmt: skip
-        """Step one group's parameters (those with gradients) on the chosen path; returns F."""
+        """Step one group's parameters (those with gradients) on the chosen path; returns F.
+
+        Single tensor (the reference): :func:`~autosgm.step.tensor_step` per parameter with
+        torch's functions. Multi-tensor and fused: per bucket (tensors of one device, dtype and
+        step count), count the step once, then the stages on lists of tensors
+        (``torch._foreach_*``), tensor by tensor with a workspace (a numerator's chain on the
+        CPU, :mod:`autosgm.packing`) or compiled (:mod:`autosgm.fused`).
+        """
+        F = 1.0
         if path == "single":
             self._plans.pop(gi, None)  # its step counts may now differ
-            F = 1.0
             for p in params:
-                w = torch.view_as_real(p) if torch.is_complex(p) else p
-                g = torch.view_as_real(p.grad) if torch.is_complex(p.grad) else p.grad
+                w, g = _real(p), _real(p.grad)
                 state = self._init_state(p, w, cfg)
                 state["step"] += 1
-                F = _single_tensor_step(w, g, state, cfg, mu, self._record_fn(group, w))
-        else:
-            F = _multi_tensor_group(self, gi, group, params, cfg, mu, path == "fused")
+                if self._trajectory_hooks:
+                    F = _recorded_step(w, g, state, cfg, mu, self._record_fn(group, w))
+                    continue
+                scalars, F = step_scalars(cfg, int(state["step"]), mu)  # (a CPU tensor: no device sync)
+                tensor_step(TENSOR_OPS, w, g, state, cfg, scalars)
+            return F
+        plan = _group_cache(self, gi, group, params, cfg, path == "fused")
+        grads = [p.grad for p in params]
+        for b in plan.buckets:
+            ws = b.params
+            gs = grads if b.index is None else [grads[i] for i in b.index]
+            if b.complex:
+                ws, gs = [_real(w) for w in ws], [_real(g) for g in gs]
+            b.steps.add_(1.0)
+            scalars, F = step_scalars(cfg, int(b.steps[0]), mu)
+            if b.layout is not None:
+                fused_step(b.layout, ws, gs, cfg, scalars)
+            elif b.cpu is not None:
+                cpu_step(b.cpu, ws, gs, cfg, scalars, b.dtype)
+            else:
+                for sl, buffers in b.chunks:
+                    tensor_step(FOREACH_OPS, ws[sl], gs[sl], buffers, cfg, scalars)
         return F
 
     def _nonfinite_groups(self, configs: list[AutoSGMConfig], params: list[list[Tensor]]) -> set[int]:
@@ -582,7 +608,7 @@ class AutoSGM(Optimizer):
 
     def _restore_state_dtypes(self, state_dict: dict[str, Any]) -> None:
         """Undo torch's cast of loaded state to the parameter dtype (``Optimizer.load_state_dict``
-        casts every floating buffer but ``step``): buffers take :func:`~autosgm.pipeline.state_dtype`
+        casts every floating buffer but ``step``): buffers take :func:`~autosgm.step.state_dtype`
         (float32 for float16/bfloat16 parameters), copied from the saved values without loss,
         and ``step`` is a float32 CPU tensor (also when it was saved as a number)."""
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -596,7 +622,7 @@ class AutoSGM(Optimizer):
                 if key == "step":
                     state[key] = _step_tensor(value, copy=True)
                 elif isinstance(value, Tensor) and p.is_floating_point() and value.is_floating_point():
-                    dtype = P.state_dtype(p.dtype)
+                    dtype = state_dtype(p.dtype)
                     if dtype != p.dtype:
                         state[key] = value.detach().to(device=p.device, dtype=dtype, copy=True)
 
@@ -612,7 +638,7 @@ class AutoSGM(Optimizer):
 
 
 # ----------------------------------------------------------------------------------------------
-# the paths: all three run autosgm.pipeline.tensor_step, with different ops
+# the paths: all three run autosgm.step.tensor_step, with different ops
 # ----------------------------------------------------------------------------------------------
 def _all_finite(grads: list[Tensor]) -> bool:
     """Whether every gradient is finite; for sharded (DTensor) gradients, over all ranks."""
@@ -674,11 +700,11 @@ def _buffer_layout(cfg: AutoSGMConfig) -> dict[str, bool]:
     if cfg.normalize:
         layout["moment"] = False
     per_tensor = cfg.numerator_mode == "tensor"
-    names = P.NUMERATOR_BUFFERS[cfg.numerator]
+    names = NUMERATOR_BUFFERS[cfg.numerator]
     if per_tensor and cfg.numerator != "unity":
         names = names + ("num_a",)
     for name in names:
-        layout[name] = per_tensor and name in P.PER_TENSOR_STATS
+        layout[name] = per_tensor and name in PER_TENSOR_STATS
     return layout
 
 
@@ -698,6 +724,27 @@ def _filter_conversion(old: AutoSGMConfig, new: AutoSGMConfig) -> float | None:
         return None
     factor = (1.0 - old.beta) / old.eta if old.gamma == 0.0 else new.eta / (1.0 - new.beta)
     return None if factor == 1.0 else factor
+
+
+def _real(t: Tensor) -> Tensor:
+    """``t``, or its real view when complex (a complex parameter is stepped as pairs of reals)."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def correlation_start(cfg: AutoSGMConfig, w: Tensor) -> float:
+    """Where the partial-correlation accumulator ``c`` of ``w`` starts: ``c₀ = zero_tensor_start``
+    when ``w`` is all zero, else 0 (spec §4).
+
+    ``x = w · v̄`` is 0 while ``w`` is, so from ``c = 0`` a zero-initialised tensor (biases, norm
+    shifts) would keep ``a = 0`` and never move. Started at ``c₀`` it steps with ``a ≈ c₀`` until
+    its own correlation takes over; a tensor with any non-zero weight starts at 0 and steps exactly
+    by the spec's formulas. Read once, when the state is created (for a sharded parameter, over the
+    whole tensor).
+    """
+    c0 = cfg.zero_tensor_start
+    if c0 == 0.0 or not cfg.numerator.startswith("parcor"):
+        return 0.0
+    return 0.0 if bool(plain_value(torch.count_nonzero(w))) else c0
 
 
 def _state_shape(p: Tensor) -> tuple[int, ...]:
@@ -799,27 +846,25 @@ def _check_saved_group(i: int, cur: dict[str, Any], old: Any) -> None:
         )
 
 
-def _single_tensor_step(
+def _recorded_step(
     w: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     cfg: AutoSGMConfig,
     mu: float,
-    emit: Callable[[StepRecord], None] | None = None,
+    emit: Callable[[StepRecord], None],
 ) -> float:
-    """The readable reference: one tensor, the stages of :mod:`autosgm.pipeline` in order."""
-    t = int(state["step"])  # a CPU tensor, as torch.optim keeps it: no device synchronisation
-    sc, F = P.step_scalars(cfg, t, mu)
-    if emit is None:
-        P.update_tensor(w, grad, state, cfg, sc)
-        return F
+    """The reference step of one tensor with its :class:`StepRecord` given to ``emit`` (the
+    trajectory hooks); returns F."""
+    t = int(state["step"])
+    scalars, F = step_scalars(cfg, t, mu)
     w_before = w.clone()
     records: list[StepRecord] = []
 
     def record(v, d, a) -> None:
-        records.append(_make_record(w, grad, v, d, a, cfg, mu, F, sc.debias, t))
+        records.append(_make_record(w, grad, v, d, a, cfg, mu, F, scalars.debias, t))
 
-    P.update_tensor(w, grad, state, cfg, sc, record)
+    tensor_step(TENSOR_OPS, w, grad, state, cfg, scalars, record)
     emit(records[0]._replace(weight=w_before, update=w - w_before))
     return F
 
@@ -857,10 +902,10 @@ class _Bucket:
         self.index = index  # positions in the group's list of parameters with gradients (None: all)
         self.params = params
         self.complex = torch.is_complex(params[0])
-        self.dtype = P.state_dtype(torch.view_as_real(params[0]).dtype if self.complex else params[0].dtype)
+        self.dtype = state_dtype(_real(params[0]).dtype)
         self.steps = pack_scalars(states, "step")
         names = [k for k in states[0] if k != "step"]
-        per_tensor = {k for k in names if cfg.numerator_mode == "tensor" and k in P.PER_TENSOR_STATS}
+        per_tensor = {k for k in names if cfg.numerator_mode == "tensor" and k in PER_TENSOR_STATS}
         self.chunks = self.layout = self.cpu = None
         plain = all(type(p.data) is torch.Tensor for p in params)  # (not DTensor shards)
         if fused:
@@ -971,7 +1016,7 @@ def _group_cache(opt: "AutoSGM", gi: int, group: dict[str, Any], params: list[Te
     by_kind: dict[tuple, list[int]] = {}
     states = []
     for i, p in enumerate(params):
-        state = opt._init_state(p, torch.view_as_real(p) if torch.is_complex(p) else p, cfg)
+        state = opt._init_state(p, _real(p), cfg)
         states.append(state)
         by_kind.setdefault((p.device, p.dtype, float(state["step"])), []).append(i)
     cache.buckets = [
@@ -984,41 +1029,6 @@ def _group_cache(opt: "AutoSGM", gi: int, group: dict[str, Any], params: list[Te
     cache.stale = False
     caches[gi] = cache
     return cache
-
-
-def _multi_tensor_group(opt: "AutoSGM", gi: int, group: dict[str, Any], params: list[Tensor],
-                        cfg: AutoSGMConfig, mu: float, fused: bool) -> float:  # fmt: skip
-    """The multi-tensor and fused paths: per bucket, count the step, then run the stages."""
-    cache = _group_cache(opt, gi, group, params, cfg, fused)
-    grads = [p.grad for p in params]
-    F = 1.0
-    for b in cache.buckets:
-        ws = b.params
-        gs = grads if b.index is None else [grads[i] for i in b.index]
-        if b.complex:
-            ws = [torch.view_as_real(w) for w in ws]
-            gs = [torch.view_as_real(g) for g in gs]
-        b.steps.add_(1.0)
-        sc, F = P.step_scalars(cfg, int(b.steps[0]), mu)
-        if fused:
-            fused_step(b.layout, ws, gs, cfg, sc)
-        elif b.cpu is not None:
-            cpu_step(b.cpu, ws, gs, cfg, sc, b.dtype)
-        else:
-            _foreach_bucket(b, ws, gs, cfg, sc)
-    return F
-
-
-def _foreach_bucket(b: _Bucket, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGMConfig,
-                    sc: P.StepScalars) -> None:  # fmt: skip
-    """``tensor_step`` on the lists (float16/bfloat16: in float32, rounded once into the params)."""
-    for sl, buffers in b.chunks:
-        if b.dtype == ws[0].dtype:
-            P.tensor_step(P.FOREACH_OPS, ws[sl], gs[sl], buffers, cfg, sc)
-        else:
-            cw = [w.to(b.dtype) for w in ws[sl]]
-            P.tensor_step(P.FOREACH_OPS, cw, [g.to(b.dtype) for g in gs[sl]], buffers, cfg, sc)
-            torch._foreach_copy_(ws[sl], cw)
 
 
 _ATOMS = (float, int, bool, str, type(None))

@@ -12,24 +12,27 @@ single-tensor kernel, so a list buys no fewer kernels; what a list costs instead
 new tensor of the stage chain is a list of fresh buffers as large as the whole bucket, whose
 pages the operating system must map and zero on every step, and which the next operation reads
 back from main memory. :func:`cpu_step` therefore runs the stage chain
-(:func:`~autosgm.pipeline.tensor_step`) on one large tensor at a time, or on one pack of small
-ones, with its temporaries taken from an :class:`~autosgm.pipeline.Arena` that the bucket keeps:
+(:func:`~autosgm.step.tensor_step`) on one large tensor at a time, or on one pack of small
+ones, with its temporaries taken from an :class:`Arena` that the bucket keeps:
 they are the same few cache-sized buffers on every tensor and every step. The element-wise
-arithmetic is that of the reference path (:class:`~autosgm.pipeline.ArenaOps` only adds
+arithmetic is that of the reference path (:class:`ArenaOps` only adds
 ``out=``); per-tensor means of a pack are float64 segment sums. Other devices use the lists.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from . import pipeline as P
 from .config import AutoSGMConfig
+from .ops import PerTensor, _PerTensorOps, _TensorOps, host_values
+from .step import StepScalars, tensor_step
 
-__all__ = ["ALONE", "PACK_CHUNK", "ARENA_KEEP", "Pack", "CpuLayout", "chunks_by_size", "cpu_step", "pack_scalars", "packable"]
+__all__ = ["ALONE", "PACK_CHUNK", "ARENA_KEEP", "Arena", "ArenaOps", "PackedArenaOps", "Pack", "CpuLayout",
+           "chunks_by_size", "cpu_step", "pack_scalars", "packable"]
 
 #: Tensors with at least this many elements are stepped alone; smaller ones are packed.
 ALONE = 1 << 16
@@ -37,6 +40,159 @@ ALONE = 1 << 16
 PACK_CHUNK = 1 << 18
 #: Workspace bytes a bucket keeps between steps (a larger one is allocated per step).
 ARENA_KEEP = 1 << 26
+
+
+class Arena:
+    """A reused workspace for the new tensors of a step: :meth:`take` hands out consecutive
+    pieces of one buffer per dtype, :meth:`reset` frees them all at once.
+
+    A request beyond the buffer gets a tensor of its own, and the next :meth:`reset` grows the
+    buffer to the largest total seen, so from the second step on a step allocates nothing.
+    :meth:`release` drops buffers above ``keep`` bytes (they are then allocated per step).
+    """
+
+    _ALIGN = 16  # elements: pieces start on 64-byte boundaries (float32)
+
+    def __init__(self, device: torch.device, keep: int) -> None:
+        self.device, self.keep = device, keep
+        self.bufs: dict[torch.dtype, Tensor] = {}
+        self.used: dict[torch.dtype, int] = {}
+        self.need: dict[torch.dtype, int] = {}
+        # the pieces handed out (with where the next one starts), by (dtype, start, shape): a step
+        # asks for the same ones each time
+        self.pieces: dict[tuple, tuple[Tensor, int]] = {}
+
+    def take(self, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        start = self.used.get(dtype, 0)
+        hit = self.pieces.get((dtype, start, shape))
+        if hit is not None:
+            piece, self.used[dtype] = hit
+            return piece
+        n = math.prod(shape)
+        end = self.used[dtype] = start + -(-n // self._ALIGN) * self._ALIGN
+        buf = self.bufs.get(dtype)
+        if buf is None or end > buf.numel():
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        piece = buf[start : start + n].view(shape)
+        self.pieces[(dtype, start, shape)] = (piece, end)
+        return piece
+
+    def mark(self) -> dict[torch.dtype, int]:
+        """The pieces handed out so far (for :meth:`rewind`)."""
+        return dict(self.used)
+
+    def _keep_peak(self) -> None:
+        for dtype, n in self.used.items():
+            self.need[dtype] = max(self.need.get(dtype, 0), n)
+
+    def rewind(self, mark: dict[torch.dtype, int]) -> None:
+        """Take back the pieces handed out since ``mark``; later requests reuse their memory."""
+        self._keep_peak()
+        self.used = mark
+
+    def reset(self) -> None:
+        self._keep_peak()
+        for dtype in self.used:
+            buf = self.bufs.get(dtype)
+            if buf is None or buf.numel() < self.need[dtype]:
+                self.bufs[dtype] = torch.empty(self.need[dtype], dtype=dtype, device=self.device)
+                self.pieces = {k: v for k, v in self.pieces.items() if k[0] != dtype}
+        self.used = {}
+
+    def release(self) -> None:
+        self.reset()
+        for dtype in [d for d, b in self.bufs.items() if b.numel() * b.element_size() > self.keep]:
+            del self.bufs[dtype]
+            self.pieces = {k: v for k, v in self.pieces.items() if k[0] != dtype}
+
+
+class ArenaOps(_TensorOps):
+    """:data:`TENSOR_OPS` whose new tensors are pieces of an :class:`Arena` (``out=``).
+
+    The element-wise results are those of :data:`TENSOR_OPS`, bit for bit; only the memory
+    differs. The CPU multi-tensor path steps each large tensor with these: the step's
+    temporaries are then reused memory instead of fresh pages, and stay in cache.
+    """
+
+    def __init__(self, arena: Arena) -> None:
+        self.arena = arena
+        self.consts: dict[tuple, Tensor] = {}  # 0-d step constants (one ops object per step)
+
+    def _const(self, value: float, like: Tensor) -> Tensor:
+        key = (value, like.dtype)
+        t = self.consts.get(key)
+        if t is None:
+            t = self.consts[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        return t
+
+    def _out(self, x: Tensor, y: Any = None) -> Tensor:
+        shape = x.shape
+        if isinstance(y, Tensor) and y.shape != shape and y.dim():
+            shape = torch.broadcast_shapes(shape, y.shape)
+        return self.arena.take(shape, x.dtype)
+
+    def neg(self, x):
+        return torch.neg(x, out=self._out(x))
+
+    def add(self, x, y, alpha=1.0):
+        return torch.add(x, y, alpha=alpha, out=self._out(x, y))
+
+    def sub(self, x, y):
+        return torch.sub(x, y, out=self._out(x, y))
+
+    def mul(self, x, y):
+        return torch.mul(x, y, out=self._out(x, y))
+
+    def div(self, x, y):
+        return torch.div(x, y, out=self._out(x, y))
+
+    def sqrt(self, x):
+        return torch.sqrt(x, out=self._out(x))
+
+    def abs(self, x):
+        return torch.abs(x, out=self._out(x))
+
+    def minimum(self, x, y: float):
+        return torch.clamp_max(x, y, out=self._out(x))
+
+    def _reduced(self, reduction: Callable[..., Any], *args: Any) -> Any:
+        """``reduction(*args)``, whose own temporaries (|x|, x − m) go back to the arena."""
+        mark = self.arena.mark()
+        out = reduction(*args)
+        self.arena.rewind(mark)
+        return out
+
+    def mean_abs(self, x):
+        return self._reduced(super().mean_abs, x)
+
+    def mean_sq_dev(self, x, m):
+        return self._reduced(super().mean_sq_dev, x, m)
+
+
+class PackedArenaOps(_PerTensorOps, ArenaOps):
+    """:class:`ArenaOps` on a packed workspace (see :class:`_PerTensorOps`).
+
+    ``seg`` gives each element's tensor index (a per-tensor quantity is broadcast by
+    ``index_select`` into the workspace), and a mean is a float64 segment sum (``lengths``:
+    elements per tensor) times ``inv_count`` (float64).
+    """
+
+    def __init__(self, arena: Arena, seg: Tensor, lengths: Tensor, inv_count: Tensor) -> None:
+        super().__init__(arena)
+        self.seg, self.lengths, self.inv_count = seg, lengths, inv_count
+
+    mean_abs = ArenaOps.mean_abs  # (before _PerTensorOps's: the same mean, with the rewind)
+
+    def _spread(self, y: Any) -> Any:
+        if not isinstance(y, PerTensor):
+            return y
+        return torch.index_select(y.v, 0, self.seg, out=self.arena.take(self.seg.shape, y.v.dtype))
+
+    def mean(self, x):
+        wide = self.arena.take(x.shape, torch.float64)
+        wide.copy_(x)
+        total = torch.segment_reduce(wide, "sum", lengths=self.lengths)
+        return PerTensor((total * self.inv_count).to(x.dtype))
 
 
 def pack_scalars(states: list[dict[str, Any]], key: str) -> Tensor:
@@ -58,7 +214,7 @@ class Pack:
     ``seg`` (each element's tensor index), ``lengths`` (elements per tensor) and ``inv_count``
     (``1 / max(numel, 1)`` per tensor, float64) exist when there are per-tensor statistics;
     ``stage_state`` is the state as the stages see it (per-tensor statistics as
-    :class:`~autosgm.pipeline.PerTensor`).
+    :class:`~autosgm.ops.PerTensor`).
     """
 
     __slots__ = ("index", "sizes", "shapes", "numel", "state", "stage_state", "seg", "lengths", "inv_count")
@@ -79,11 +235,11 @@ class Pack:
         self.stage_state: dict[str, Any] = self.state
         if per_tensor:
             device = ws[0].device
-            self.lengths = P.host_values(self.sizes, torch.int64, device)
+            self.lengths = host_values(self.sizes, torch.int64, device)
             self.seg = torch.repeat_interleave(torch.arange(len(ws), dtype=torch.int32, device=device),
                                                self.lengths, output_size=self.numel)  # fmt: skip
-            self.inv_count = P.host_values([1.0 / max(n, 1) for n in self.sizes], torch.float64, device)
-            self.stage_state = {k: P.PerTensor(v) if k in per_tensor else v for k, v in self.state.items()}
+            self.inv_count = host_values([1.0 / max(n, 1) for n in self.sizes], torch.float64, device)
+            self.stage_state = {k: PerTensor(v) if k in per_tensor else v for k, v in self.state.items()}
 
 
 def chunks_by_size(index: list[int], sizes: list[int], limit: int) -> list[list[int]]:
@@ -130,18 +286,18 @@ class CpuLayout:
             else:
                 self.packs.append(Pack(chunk, [ws[i] for i in chunk], [states[i] for i in chunk], per_tensor, dtype))
         self.alone.sort(key=lambda item: item[0])
-        self.arena = P.Arena(ws[0].device, ARENA_KEEP)
+        self.arena = Arena(ws[0].device, ARENA_KEEP)
 
 
-def cpu_step(layout: CpuLayout, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGMConfig, sc: P.StepScalars,
+def cpu_step(layout: CpuLayout, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGMConfig, scalars: StepScalars,
              dtype: torch.dtype) -> None:  # fmt: skip
     """One multi-tensor step of a bucket on the CPU; ``ws``/``gs`` are its parameters (real views)
     and gradients, ``dtype`` the state's dtype."""
     arena = layout.arena
-    ops = P.ArenaOps(arena)
+    ops = ArenaOps(arena)
     for i, bufs in layout.alone:
         arena.reset()
-        P.update_tensor(ws[i], gs[i], bufs, cfg, sc, ops=ops)
+        tensor_step(ops, ws[i], gs[i], bufs, cfg, scalars)
     for pack in layout.packs:
         arena.reset()
         flat_w = arena.take((pack.numel,), dtype)
@@ -150,7 +306,7 @@ def cpu_step(layout: CpuLayout, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGM
         pieces_w = flat_w.split(pack.sizes)
         torch._foreach_copy_(pieces_w, pw)
         torch._foreach_copy_(flat_g.split(pack.sizes), [gs[i].reshape(-1) for i in pack.index])
-        pops = P.PackedArenaOps(arena, pack.seg, pack.lengths, pack.inv_count) if pack.seg is not None else ops
-        P.tensor_step(pops, flat_w, flat_g, pack.stage_state, cfg, sc)
+        pack_ops = PackedArenaOps(arena, pack.seg, pack.lengths, pack.inv_count) if pack.seg is not None else ops
+        tensor_step(pack_ops, flat_w, flat_g, pack.stage_state, cfg, scalars)
         torch._foreach_copy_(pw, pieces_w)
     arena.release()
