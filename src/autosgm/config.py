@@ -23,6 +23,8 @@ from typing import Any, Mapping
 
 import torch
 
+from ._checks import finite as _finite
+from ._checks import real as _real
 from .design import default_eta, step_response
 from .windows import Window
 
@@ -73,22 +75,6 @@ FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 # ----------------------------------------------------------------------------------------------
 # small checkers
 # ----------------------------------------------------------------------------------------------
-def _real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
-    return value
-
-
-def _finite(name: str, value: Any) -> float:
-    value = _real(name, value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-    return value
-
-
 def _pole(name: str, value: Any) -> float:
     value = _real(name, value)
     if not 0.0 <= value < 1.0:

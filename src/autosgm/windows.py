@@ -60,6 +60,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from ._checks import finite as _finite
+
 __all__ = ["SHAPES", "UNITS", "PHI", "Window", "WindowLR", "shape_value", "kronecker_point"]
 
 #: Window shapes; the index of a name is the seed's ``rcm`` code.
@@ -163,15 +165,6 @@ def _check_int(value: Any, name: str, minimum: int | None = None) -> int:
     return value
 
 
-def _check_real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number (not bool); got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {value}")
-    return value
-
-
 def _check_code(value: Any, names: tuple[str, ...], name: str) -> str:
     """A name from ``names`` or its integer code (index); returns the name."""
     if isinstance(value, str):
@@ -242,9 +235,9 @@ class Window:
     def __post_init__(self) -> None:
         shape = _check_code(self.shape, SHAPES, "Window.shape (rcm)")
         unit = _check_code(self.unit, UNITS, "Window.unit (cfact)")
-        order = _check_real(self.order, "Window.order (n)")
-        floor = _check_real(self.floor, "Window.floor (x)")
-        flat = _check_real(self.flat, "Window.flat (e)")
+        order = _finite("Window.order (n)", self.order)
+        floor = _finite("Window.floor (x)", self.floor)
+        flat = _finite("Window.flat (e)", self.flat)
         for name in ("full", "kronecker"):
             if not isinstance(getattr(self, name), bool):
                 value = getattr(self, name)
@@ -295,7 +288,7 @@ class Window:
     def profile(self, f: float) -> float:
         """The half-window profile P(f) = x + (1 - x)·shape(f') at a position f ∈ [0, 1]
         (f' = (f - e)/(1 - e), and P = 1 on the flat top f < e)."""
-        f = _check_real(f, "f")
+        f = _finite("f", f)
         if not 0.0 <= f <= 1.0:
             raise ValueError(f"f must lie in [0, 1]; got {f}")
         if not self.active:
@@ -382,10 +375,10 @@ class Window:
             raise ValueError(f"rc_cfg[7] (cfact) must be in 0..{len(UNITS) - 1}; got {cfact}")
         return cls(
             shape=SHAPES[rcm],
-            order=_check_real(n, "rc_cfg[3] (n)"),
-            floor=_check_real(x, "rc_cfg[2] (x)"),
+            order=_finite("rc_cfg[3] (n)", n),
+            floor=_finite("rc_cfg[2] (x)", x),
             full=(m == 0),
-            flat=_check_real(e, "rc_cfg[8] (e)"),
+            flat=_finite("rc_cfg[8] (e)", e),
             kronecker=(inseq == 1),
             tau=_check_int(tau, "rc_cfg[5] (tau)", 1),
             spe=_check_int(spe, "rc_cfg[6] (spe)", 1),
