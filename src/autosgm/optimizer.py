@@ -91,7 +91,9 @@ _FUSED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.f
 class StepRecord(NamedTuple):
     """What a trajectory hook sees for one parameter tensor at one step ``t``.
 
-    ``alpha`` is the oracle ``α[t] = μ F a / (S[t] d)`` (so that ``Δ = −α (v + S d ρ_d w)``),
+    ``alpha`` is the oracle ``α[t] = μ F a / (S[t] d)`` (so that ``Δ = −α (v + S d ρ_d w)``); for a
+    weight matrix with the matrix oracle its scalar part ``μ F a / S[t]`` (``denominator`` is None:
+    the matrix ``M^(−1/2)`` acts on ``v`` as a whole),
     ``grad`` the gradient after the maximize sign flip and before any weight decay, ``weight`` the
     parameter ``w[t]`` before the step and ``update`` the change ``Δ[t+1] = w[t+1] − w[t]``.
     Complex parameters appear as their real view. Tensors are fresh copies owned by the hook.
@@ -418,11 +420,12 @@ class AutoSGM(Optimizer):
             dtype = state_dtype(w.dtype)
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             matrix = gets_matrix_step(p, cfg)
-            for name, shape in _buffer_shapes(cfg, p).items():
-                if shape == _state_shape(p):
+            shapes = _buffer_shapes(cfg, p)
+            for name, kind in _buffer_layout(cfg, matrix).items():
+                if kind == "element":
                     state[name] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
                 else:
-                    state[name] = torch.zeros(shape, dtype=dtype, device=w.device)
+                    state[name] = torch.zeros(shapes[name], dtype=dtype, device=w.device)
             c0 = correlation_start(cfg, w)
             if c0 != 0.0:
                 if matrix:  # C = c₀ I: ‖C‖_F/√n = c₀
@@ -496,8 +499,9 @@ class AutoSGM(Optimizer):
         """Check a change of the group's settings since its state was last stepped; changes nothing.
 
         A change of numbers applies as it is. A change of the buffers the group keeps
-        (``normalize``, ``numerator``, ``numerator_mode``, the filter's memory) is refused when the
-        state does not already hold the new buffers (a state loaded with its settings does).
+        (``normalize``, ``numerator``, ``numerator_mode``, ``oracle``, ``matrix_pole`` to or from 0, the
+        filter's memory) is refused when the state does not already hold the new buffers (a state
+        loaded with its settings does).
         Returns the factor that converts the filter buffer when γ moved between zero and non-zero
         (the output ``v`` for γ = 0, the input's average ``u`` otherwise), else None.
         """
@@ -518,7 +522,8 @@ class AutoSGM(Optimizer):
             if problem is not None:
                 raise ValueError(
                     f"param group {gi}: {problem}; the settings changed after the group's state was created, "
-                    "and a change of the buffers a group keeps (normalize, numerator, numerator_mode, or "
+                    "and a change of the buffers a group keeps (normalize, numerator, numerator_mode, oracle, "
+                    "matrix_pole to or from 0, or "
                     "betas[0] and gamma to or from β = γ = 0) cannot apply between steps: construct a new "
                     "optimizer, or clear the state of the group's parameters, to use the new settings"
                 )
