@@ -185,10 +185,7 @@ def test_muon_quintic_singular_values_land_in_the_documented_band(n, extra, seed
 # ---- Muon: torch.optim.Muon is the reference point ---------------------------------------------
 
 
-@pytest.fixture
-def torch_muon_in_float32(monkeypatch):
-    """torch's Muon casts to bfloat16 (on every device); redirect that cast to a float32 copy."""
-    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self: self.to(torch.float32, copy=True))
+# (the fixture torch_muon_in_float32, shared with test_matrix_oracle.py, is in conftest.py)
 
 
 def muon_quintic(G: torch.Tensor) -> torch.Tensor:

@@ -25,12 +25,15 @@ import torch
 
 from ._checks import finite as _finite
 from ._checks import real as _real
+from . import matrix as _matrix
 from .design import default_eta, step_response
 from .windows import Window
 
 __all__ = [
+    "MATRIX_LR_SCALES",
     "NUMERATORS",
     "NUMERATOR_CODES",
+    "ORACLES",
     "AutoSGMConfig",
     "SEED_KEYS",
     "ZERO_TENSOR_START",
@@ -50,6 +53,11 @@ NUMERATORS: tuple[str, ...] = (
 NUMERATOR_CODES: dict[int, str] = {i: name for i, name in enumerate(NUMERATORS[:5])}
 NUMERATOR_MODES: tuple[str, ...] = ("tensor", "element")
 NONFINITE_POLICIES: tuple[str, ...] = ("proceed", "skip", "raise")
+#: The oracle's kinds (spec §1, §9): the element-wise ``μ F a / d``, or for weight matrices the
+#: matrix ``μ F a M^(−1/2)``.
+ORACLES: tuple[str, ...] = ("element", "matrix")
+#: ``matrix_lr_scale``: no factor, or ``torch.optim.Muon``'s ``adjust_lr_fn`` choices.
+MATRIX_LR_SCALES: tuple[str | None, ...] = (None, *_matrix.MUON_LR_MODES)
 #: c₀: where the partial-correlation accumulator of a tensor whose weights are all zero starts
 #: (spec §4, the absorbing state at w = 0; chosen by measurement, docs/zero-tensors.md).
 ZERO_TENSOR_START = 1e-2
@@ -145,8 +153,24 @@ class AutoSGMConfig:
     window: Window | None = None
     maximize: bool = False
     nonfinite: str = "proceed"
+    oracle: str = "element"
+    matrix_method: str = _matrix.STEP_METHOD
+    matrix_iters: int | None = None
+    matrix_eps: float | None = None
+    matrix_pole: float = 0.0
+    matrix_lr_scale: str | None = None
 
     # -- derived, cheap properties used by the step ------------------------------------------
+    @property
+    def matrix_averaged(self) -> bool:
+        """The matrix oracle's ``M`` is an average of ``V Vᵀ`` (``matrix_pole > 0``: one-sided
+        Shampoo-like), kept in the state buffer ``matrix_m``; else ``M = V Vᵀ`` (the polar factor)."""
+        return self.matrix_pole != 0.0
+
+    def matrix_debias(self, t: int) -> float:
+        """``1 − p^t`` for the average of ``V Vᵀ`` with pole ``p = matrix_pole`` (1 when debias is off)."""
+        return 1.0 - self.matrix_pole**t if self.debias else 1.0
+
     @property
     def has_filter_state(self) -> bool:
         """The filter needs memory unless it is a pure gain with no delay (β = γ = 0)."""
@@ -259,6 +283,7 @@ class AutoSGMConfig:
                 raise TypeError(f"window must be a Window, its to_dict() form, or None; got {type(window).__name__}")
             if not window.active:
                 window = None
+        matrix_settings = _matrix_settings(group, numerator, normalize)
         cfg = cls(
             beta=beta,
             beta_a=beta_a,
@@ -277,9 +302,59 @@ class AutoSGMConfig:
             window=window,
             maximize=_flag("maximize", group["maximize"]),
             nonfinite=_choice("nonfinite", group["nonfinite"], NONFINITE_POLICIES),
+            **matrix_settings,
         )
         cfg._check_range(group["eta"])
         return cfg
+
+
+def _matrix_settings(group: Mapping[str, Any], numerator: str, normalize: bool) -> dict[str, Any]:
+    """Validate the matrix oracle's settings (spec §9), also in a group whose oracle is ``"element"``
+    (where they have no effect), so that a bad value is reported where it is written."""
+    oracle = _choice("oracle", group["oracle"], ORACLES)
+    method = group["matrix_method"]
+    if not isinstance(method, str):
+        raise TypeError(f"matrix_method must be a str, got {type(method).__name__} {method!r}")
+    method = _choice("matrix_method", method, _matrix.METHODS)
+    iters = group["matrix_iters"]
+    if iters is not None:
+        if isinstance(iters, bool) or not isinstance(iters, numbers.Integral):
+            raise TypeError(f"matrix_iters must be an int or None, got {type(iters).__name__} {iters!r}")
+        iters = int(iters)
+        if method == "eigh":
+            raise ValueError("matrix_iters does not apply to matrix_method='eigh' (leave it None)")
+        if iters < 1:
+            raise ValueError(f"matrix_iters must be >= 1, got {iters}")
+    eps = group["matrix_eps"]
+    if eps is not None:
+        eps = _finite("matrix_eps", eps)
+        if not eps >= 0.0:
+            raise ValueError(f"matrix_eps (ε of M + εI) must be >= 0, got {eps}")
+        if method == "muon-quintic" and not eps > 0.0:
+            raise ValueError("matrix_eps of matrix_method='muon-quintic' (the floor of ‖V‖_F) must be > 0")
+    pole = _pole("matrix_pole", group["matrix_pole"])
+    if method == "muon-quintic" and pole != 0.0:
+        raise ValueError(
+            f"matrix_method='muon-quintic' orthogonalises V itself and has no M^(-1/2): it needs matrix_pole=0 "
+            f"(M = V Vᵀ), got matrix_pole={pole}; use 'newton-schulz', 'lakic' or 'eigh' with an averaged M"
+        )
+    scale = group["matrix_lr_scale"]
+    if scale is not None and not isinstance(scale, str):
+        raise TypeError(f"matrix_lr_scale must be None or a str, got {type(scale).__name__} {scale!r}")
+    scale = _choice("matrix_lr_scale", scale, MATRIX_LR_SCALES)
+    if oracle == "matrix":
+        if not normalize:
+            raise ValueError(
+                "oracle='matrix' needs normalize=True: the matrix M^(-1/2) is the oracle's normalisation "
+                "(normalize=False is the constant oracle a = d = 1)"
+            )
+        if numerator == "corr":
+            raise ValueError(
+                "numerator='corr' (E[ḡ²] of the moment's normalised gradient) is not defined for oracle='matrix': "
+                "use 'unity' or a 'parcor-*' numerator"
+            )
+    return dict(oracle=oracle, matrix_method=method, matrix_iters=iters, matrix_eps=eps, matrix_pole=pole,
+                matrix_lr_scale=scale)  # fmt: skip
 
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "NEWTON_SCHULZ_ITERS",
     "ROOT_EPS",
     "ROOT_METHODS",
+    "STEP_METHOD",
     "as_matrix",
     "gets_matrix_oracle",
     "inverse_root",
@@ -73,6 +74,11 @@ ROOT_METHODS = METHODS[:3]
 #: caller regularises).
 DEFAULT_METHOD = "eigh"
 ROOT_EPS = 0.0
+#: The optimizer's default method (``AutoSGM(oracle="matrix")``): matrix products only (fast on an
+#: accelerator, in float32, no eigensolver), converged at the default count for a well-conditioned
+#: ``M``, and for an ill-conditioned one it damps the small-eigenvalue directions rather than
+#: amplifying them; it works with an averaged ``M`` too (unlike ``"muon-quintic"``).
+STEP_METHOD = "newton-schulz"
 #: Default iteration counts: converged (≤ 1e-10) when ``λ_min ≥ 1e-4 ‖M‖_F`` (module docstring).
 NEWTON_SCHULZ_ITERS = 16
 LAKIC_ITERS = 11

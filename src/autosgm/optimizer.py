@@ -14,7 +14,9 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from .ops import FOREACH_OPS, TENSOR_OPS, plain_value
-from .step import NUMERATOR_BUFFERS, PER_TENSOR_STATS, step_scalars, state_dtype, tensor_step
+from . import matrix as _matrix
+from .step import (MATRIX_NUMERATOR_BUFFERS, NUMERATOR_BUFFERS, PER_TENSOR_STATS, gets_matrix_step, matrix_step,
+                   step_scalars, state_dtype, tensor_step)
 from .fused import FusedLayout, fused_step
 from .packing import CpuLayout, chunks_by_size, cpu_step, pack_scalars
 from .config import SEED_KEYS, ZERO_TENSOR_START, AutoSGMConfig, check_lr, numerator_name, parse_seed_tuples
@@ -55,6 +57,12 @@ DEFAULTS: dict[str, Any] = OrderedDict(
     window=None,
     maximize=False,
     nonfinite="proceed",
+    oracle="element",
+    matrix_method=_matrix.STEP_METHOD,
+    matrix_iters=None,
+    matrix_eps=None,
+    matrix_pole=0.0,
+    matrix_lr_scale=None,
     foreach=None,
     fused=None,
 )
@@ -71,7 +79,7 @@ STATE_FORMAT = 2
 _FOREIGN_SETTINGS = frozenset({"amsgrad", "capturable", "dampening", "differentiable", "history_size", "momentum",
                                "nesterov"})
 #: Every name a parameter's state may hold.
-_STATE_NAMES = frozenset({"step", "filter_state", "moment", "num_a"}).union(*NUMERATOR_BUFFERS.values())
+_STATE_NAMES = frozenset({"step", "filter_state", "moment", "matrix_m", "num_a"}).union(*NUMERATOR_BUFFERS.values())
 #: The numerator whose buffers (besides ``num_a``) are exactly these.
 _NUMERATOR_OF_BUFFERS = {frozenset(names): name for name, names in NUMERATOR_BUFFERS.items()}
 #: Devices and parameter dtypes the fused path compiles for.
@@ -83,7 +91,9 @@ _FUSED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.f
 class StepRecord(NamedTuple):
     """What a trajectory hook sees for one parameter tensor at one step ``t``.
 
-    ``alpha`` is the oracle ``α[t] = μ F a / (S[t] d)`` (so that ``Δ = −α (v + S d ρ_d w)``),
+    ``alpha`` is the oracle ``α[t] = μ F a / (S[t] d)`` (so that ``Δ = −α (v + S d ρ_d w)``); for a
+    weight matrix with the matrix oracle its scalar part ``μ F a / S[t]`` (``denominator`` is None:
+    the matrix ``M^(−1/2)`` acts on ``v`` as a whole),
     ``grad`` the gradient after the maximize sign flip and before any weight decay, ``weight`` the
     parameter ``w[t]`` before the step and ``update`` the change ``Δ[t+1] = w[t+1] − w[t]``.
     Complex parameters appear as their real view. Tensors are fresh copies owned by the hook.
@@ -117,7 +127,8 @@ class AutoSGM(Optimizer):
     ``g ← g + ρ w`` or decoupled ``ρ_d = ρ``. ``normalize=False`` makes the oracle constant
     (``a = d = 1``). Heavy ball, Nesterov, Adam, AdamW and RMSprop are points of this space; see
     the named constructors :meth:`sgd`, :meth:`heavy_ball`, :meth:`nesterov`, :meth:`adam`,
-    :meth:`adamw`, :meth:`rmsprop`.
+    :meth:`adamw`, :meth:`rmsprop`; with the matrix oracle (``oracle="matrix"``), Muon is one too
+    (:meth:`muon`).
 
     Args:
         params: parameters or param-group dicts (a group may carry any keyword below, or seed tuples).
@@ -146,6 +157,29 @@ class AutoSGM(Optimizer):
             no check, no cost), ``"skip"`` (leave the group's parameters and state untouched for this
             step, counted in :attr:`skipped_steps`) or ``"raise"`` (:class:`FloatingPointError`).
             Checking costs one host synchronisation per group and step.
+        oracle: ``"element"`` (the oracle ``μ F a / d`` above) or ``"matrix"`` (spec §9): each weight
+            matrix of the group (a tensor whose 2-D view ``shape[0] × rest`` has both dims in
+            [4, 2048], :func:`~autosgm.matrix.gets_matrix_oracle`) steps by
+            ``w ← w − μ F a (s (M + εI)^(−1/2) V + ρ_d w)`` with ``V = v̂`` as a matrix
+            (``n × m``, ``n ≤ m``) and ``M = V Vᵀ`` or its average (:func:`~autosgm.step.matrix_step`);
+            its other tensors keep the element-wise oracle with the group's settings (to give a
+            matrix the element-wise oracle, put it in a group with ``oracle="element"``). Needs
+            ``normalize=True``; the moment ``d`` is not kept for a matrix (``M`` plays its part);
+            numerators ``"unity"`` or ``"parcor-*"``. Matrices are stepped on the single-tensor
+            path whatever ``foreach``/``fused`` say; the group's other tensors follow them.
+            Default ``"element"``. See docs/matrix-oracle.md.
+        matrix_method: how ``M^(−1/2)`` is computed: ``"newton-schulz"`` (default: matrix products
+            only, damps rather than amplifies unconverged directions), ``"lakic"``, ``"eigh"`` (exact,
+            float64) or ``"muon-quintic"`` (Muon's approximate polar factor; only with ``matrix_pole=0``).
+        matrix_iters: the iteration count; None (default) is the method's (16, 11, 5; not for ``"eigh"``).
+        matrix_eps: ε of ``M + εI`` (>= 0; for ``"muon-quintic"`` the floor of ``‖V‖_F``, > 0); None
+            (default) is the method's: 0, or 1e-7 for ``"muon-quintic"`` (torch's Muon).
+        matrix_pole: pole p of ``M ← p M + (1 − p) V Vᵀ`` (state ``matrix_m``, ``n × n``; divided by
+            ``1 − p^t`` when ``debias``): one-sided Shampoo-like. 0 (default): ``M = V Vᵀ``, so that
+            ``M^(−1/2) V`` is ``V``'s polar factor (Muon's update).
+        matrix_lr_scale: the learning rate's factor ``s`` for a ``rows × cols`` matrix: None (1),
+            ``"original"`` (``√max(1, rows/cols)``) or ``"match_rms_adamw"`` (``0.2 √max(rows, cols)``),
+            torch's Muon ``adjust_lr_fn``. Default None.
         foreach: use the multi-tensor path (``torch._foreach_*`` over tensors grouped by device,
             dtype and step count); None picks it when every parameter is on CUDA (torch's rule).
         fused: use the fused path: each tensor's whole step is one compiled loop
@@ -178,6 +212,12 @@ class AutoSGM(Optimizer):
         window: Window | None = _Default(None),  # type: ignore[assignment]
         maximize: bool = _Default(False),  # type: ignore[assignment]
         nonfinite: str = _Default("proceed"),  # type: ignore[assignment]
+        oracle: str = _Default("element"),  # type: ignore[assignment]
+        matrix_method: str = _Default(_matrix.STEP_METHOD),  # type: ignore[assignment]
+        matrix_iters: int | None = _Default(None),  # type: ignore[assignment]
+        matrix_eps: float | None = _Default(None),  # type: ignore[assignment]
+        matrix_pole: float = _Default(0.0),  # type: ignore[assignment]
+        matrix_lr_scale: str | None = _Default(None),  # type: ignore[assignment]
         foreach: bool | None = None,
         fused: bool | None = None,
         lr_cfg: tuple | None = None,
@@ -192,7 +232,8 @@ class AutoSGM(Optimizer):
             zero_tensor_start=zero_tensor_start, eps=eps,
             repeat_eps=repeat_eps, weight_decay=weight_decay,
             decoupled_weight_decay=decoupled_weight_decay, window=window, maximize=maximize,
-            nonfinite=nonfinite,
+            nonfinite=nonfinite, oracle=oracle, matrix_method=matrix_method, matrix_iters=matrix_iters,
+            matrix_eps=matrix_eps, matrix_pole=matrix_pole, matrix_lr_scale=matrix_lr_scale,
         )  # fmt: skip
         seed = dict(lr_cfg=lr_cfg, beta_cfg=beta_cfg, rc_cfg=rc_cfg, wd_cfg=wd_cfg, eps_cfg=eps_cfg)
         explicit = {k: v for k, v in given.items() if not isinstance(v, _Default)}
@@ -259,6 +300,26 @@ class AutoSGM(Optimizer):
         """RMSprop: β = γ = 0, η = 1, no debias, a = 1, β_a = alpha — ``torch.optim.RMSprop``."""
         return cls(params, lr, betas=(0.0, alpha), gamma=0.0, eta=1.0, debias=False,
                    normalize=True, eps=eps, weight_decay=weight_decay, **kwargs)  # fmt: skip
+
+    @classmethod
+    def muon(cls, params, lr: float = 1e-3, *, momentum: float = 0.95, weight_decay: float = 0.1,
+             nesterov: bool = True, adjust_lr_fn: str | None = None, **kwargs: Any) -> "AutoSGM":  # fmt: skip
+        """Muon: the matrix oracle without averaging (the polar factor, by Muon's quintic
+        Newton–Schulz) on Muon's momentum — ``torch.optim.Muon(lr, weight_decay, momentum, nesterov,
+        adjust_lr_fn)`` for weight matrices, step for step (defaults are torch's).
+
+        Filter: β = momentum, γ = β/(1+β) with Nesterov (else 0), default gain η, no debias; oracle:
+        ``a = 1``, ``M = V Vᵀ``, ``matrix_lr_scale = adjust_lr_fn`` (None is ``"original"``, as in
+        torch); decoupled decay. Tensors that do not get the matrix oracle (1-D, a dim < 4 or
+        > 2048) are stepped element-wise with these settings (a Nesterov-filtered RMSprop-like
+        step); torch's Muon refuses them: as its documentation advises, give them a group of
+        their own, e.g. ``{"params": ..., "oracle": "element", "gamma": 0.0, "debias": True}``
+        (Adam's point) or a separate :meth:`adamw`.
+        """
+        return cls(params, lr, betas=(momentum, 0.999), gamma=nesterov_gamma(momentum) if nesterov else 0.0,
+                   eta=None, debias=False, normalize=True, numerator="unity", weight_decay=weight_decay,
+                   decoupled_weight_decay=True, oracle="matrix", matrix_method="muon-quintic", matrix_pole=0.0,
+                   matrix_lr_scale="original" if adjust_lr_fn is None else adjust_lr_fn, **kwargs)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------
     # groups and configuration
@@ -358,14 +419,19 @@ class AutoSGM(Optimizer):
         if len(state) == 0:
             dtype = state_dtype(w.dtype)
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            for name, per_tensor in _buffer_layout(cfg).items():
-                if per_tensor:
-                    state[name] = torch.zeros((), dtype=dtype, device=w.device)
-                else:
+            matrix = gets_matrix_step(p, cfg)
+            shapes = _buffer_shapes(cfg, p)
+            for name, kind in _buffer_layout(cfg, matrix).items():
+                if kind == "element":
                     state[name] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
+                else:
+                    state[name] = torch.zeros(shapes[name], dtype=dtype, device=w.device)
             c0 = correlation_start(cfg, w)
             if c0 != 0.0:
-                state["num_c"].fill_(c0)
+                if matrix:  # C = c₀ I: ‖C‖_F/√n = c₀
+                    state["num_c"].diagonal().fill_(c0)
+                else:
+                    state["num_c"].fill_(c0)
         return state
 
     def _path(self, group: dict[str, Any], params: list[Tensor]) -> str:
@@ -433,8 +499,9 @@ class AutoSGM(Optimizer):
         """Check a change of the group's settings since its state was last stepped; changes nothing.
 
         A change of numbers applies as it is. A change of the buffers the group keeps
-        (``normalize``, ``numerator``, ``numerator_mode``, the filter's memory) is refused when the
-        state does not already hold the new buffers (a state loaded with its settings does).
+        (``normalize``, ``numerator``, ``numerator_mode``, ``oracle``, ``matrix_pole`` to or from 0, the
+        filter's memory) is refused when the state does not already hold the new buffers (a state
+        loaded with its settings does).
         Returns the factor that converts the filter buffer when γ moved between zero and non-zero
         (the output ``v`` for γ = 0, the input's average ``u`` otherwise), else None.
         """
@@ -451,11 +518,12 @@ class AutoSGM(Optimizer):
         """Refuse a step whose settings need other buffers than the group's state holds."""
         for p in group["params"]:
             state = self.state.get(p)
-            problem = _state_mismatch(state, cfg, _state_shape(p)) if state else None
+            problem = _state_mismatch(state, cfg, p) if state else None
             if problem is not None:
                 raise ValueError(
                     f"param group {gi}: {problem}; the settings changed after the group's state was created, "
-                    "and a change of the buffers a group keeps (normalize, numerator, numerator_mode, or "
+                    "and a change of the buffers a group keeps (normalize, numerator, numerator_mode, oracle, "
+                    "matrix_pole to or from 0, or "
                     "betas[0] and gamma to or from β = γ = 0) cannot apply between steps: construct a new "
                     "optimizer, or clear the state of the group's parameters, to use the new settings"
                 )
@@ -481,18 +549,16 @@ class AutoSGM(Optimizer):
         CPU, :mod:`autosgm.packing`) or compiled (:mod:`autosgm.fused`).
         """
         F = 1.0
+        if cfg.oracle == "matrix":  # weight matrices: the single-tensor path, whatever the group's path
+            matrices = [p for p in params if gets_matrix_step(p, cfg)]
+            if matrices:
+                F = self._single_steps(group, matrices, cfg, mu)
+                params = [p for p in params if not gets_matrix_step(p, cfg)]
+                if not params:
+                    return F
         if path == "single":
             self._plans.pop(gi, None)  # its step counts may now differ
-            for p in params:
-                w, g = _real(p), _real(p.grad)
-                state = self._init_state(p, w, cfg)
-                state["step"] += 1
-                if self._trajectory_hooks:
-                    F = _recorded_step(w, g, state, cfg, mu, self._record_fn(group, w))
-                    continue
-                scalars, F = step_scalars(cfg, int(state["step"]), mu)  # (a CPU tensor: no device sync)
-                tensor_step(TENSOR_OPS, w, g, state, cfg, scalars)
-            return F
+            return self._single_steps(group, params, cfg, mu)
         plan = _group_cache(self, gi, group, params, cfg, path == "fused")
         grads = [p.grad for p in params]
         for b in plan.buckets:
@@ -509,6 +575,25 @@ class AutoSGM(Optimizer):
             else:
                 for sl, buffers in b.chunks:
                     tensor_step(FOREACH_OPS, ws[sl], gs[sl], buffers, cfg, scalars)
+        return F
+
+    def _single_steps(self, group: dict[str, Any], params: list[Tensor], cfg: AutoSGMConfig, mu: float) -> float:
+        """The reference path: :func:`~autosgm.step.tensor_step` (or, for a weight matrix with the
+        matrix oracle, :func:`~autosgm.step.matrix_step`) per parameter; returns F."""
+        F = 1.0
+        for p in params:
+            w, g = _real(p), _real(p.grad)
+            state = self._init_state(p, w, cfg)
+            state["step"] += 1
+            if self._trajectory_hooks:
+                F = _recorded_step(w, g, state, cfg, mu, self._record_fn(group, w), gets_matrix_step(p, cfg))
+                continue
+            t = int(state["step"])  # (a CPU tensor: no device sync)
+            scalars, F = step_scalars(cfg, t, mu)
+            if gets_matrix_step(p, cfg):
+                matrix_step(TENSOR_OPS, w, g, state, cfg, scalars, t)
+            else:
+                tensor_step(TENSOR_OPS, w, g, state, cfg, scalars)
         return F
 
     def _nonfinite_groups(self, configs: list[AutoSGMConfig], params: list[list[Tensor]]) -> set[int]:
@@ -587,7 +672,7 @@ class AutoSGM(Optimizer):
                 state = states.get(pid)
                 if not state:
                     continue
-                problem = _state_mismatch(state, cfg, _state_shape(p))
+                problem = _state_mismatch(state, cfg, p)
                 if problem is not None:
                     raise ValueError(f"the state_dict does not fit param group {i}, parameter {j}: {problem}")
 
@@ -691,27 +776,45 @@ def _check_fused_support(params: list[Tensor]) -> None:
 # ----------------------------------------------------------------------------------------------
 # the state's layout: which buffers a configuration keeps, and checks of a given state
 # ----------------------------------------------------------------------------------------------
-def _buffer_layout(cfg: AutoSGMConfig) -> dict[str, bool]:
-    """The buffers of a parameter's state under ``cfg`` (besides ``step``), each with whether it
-    holds one value per tensor (a 0-d buffer) rather than one per element."""
+def _buffer_layout(cfg: AutoSGMConfig, matrix: bool = False) -> dict[str, str]:
+    """The buffers of a parameter's state under ``cfg`` (besides ``step``), each with its kind:
+    ``"element"`` (the parameter's shape), ``"tensor"`` (0-d, one value per tensor) or ``"matrix"``
+    (``n × n`` for a parameter viewed as ``n × m``, ``n ≤ m``). ``matrix``: the parameter is stepped
+    with the matrix oracle (:func:`~autosgm.step.gets_matrix_step`): no ``moment``; ``M`` when averaged."""
+    if matrix:
+        layout = {"filter_state": "element"} if cfg.has_filter_state else {}
+        if cfg.matrix_averaged:
+            layout["matrix_m"] = "matrix"
+        for name in MATRIX_NUMERATOR_BUFFERS[cfg.numerator]:
+            layout[name] = "matrix" if name == "num_c" else "tensor"
+        return layout
     layout = {}
     if cfg.has_filter_state:
-        layout["filter_state"] = False
+        layout["filter_state"] = "element"
     if cfg.normalize:
-        layout["moment"] = False
+        layout["moment"] = "element"
     per_tensor = cfg.numerator_mode == "tensor"
     names = NUMERATOR_BUFFERS[cfg.numerator]
     if per_tensor and cfg.numerator != "unity":
         names = names + ("num_a",)
     for name in names:
-        layout[name] = per_tensor and name in PER_TENSOR_STATS
+        layout[name] = "tensor" if per_tensor and name in PER_TENSOR_STATS else "element"
     return layout
+
+
+def _buffer_shapes(cfg: AutoSGMConfig, p: Tensor) -> dict[str, tuple[int, ...]]:
+    """The buffers of ``p``'s state under ``cfg`` (besides ``step``) with their shapes (:func:`_buffer_layout`)."""
+    matrix = gets_matrix_step(p, cfg)
+    n = min(p.shape[0], math.prod(p.shape[1:])) if matrix else 0
+    shapes = {"element": _state_shape(p), "tensor": (), "matrix": (n, n)}
+    return {name: shapes[kind] for name, kind in _buffer_layout(cfg, matrix).items()}
 
 
 def _structure(cfg: AutoSGMConfig) -> tuple:
     """The settings that decide which buffers a group's state holds (see :func:`_buffer_layout`)."""
     mode = cfg.numerator_mode if cfg.numerator != "unity" else None
-    return cfg.has_filter_state, cfg.normalize, cfg.numerator, mode
+    matrix = (cfg.oracle, cfg.matrix_averaged) if cfg.oracle == "matrix" else None
+    return cfg.has_filter_state, cfg.normalize, cfg.numerator, mode, matrix
 
 
 def _filter_conversion(old: AutoSGMConfig, new: AutoSGMConfig) -> float | None:
@@ -752,8 +855,8 @@ def _state_shape(p: Tensor) -> tuple[int, ...]:
     return tuple(p.shape) + ((2,) if p.is_complex() else ())
 
 
-def _state_mismatch(state: Any, cfg: AutoSGMConfig, shape: tuple[int, ...]) -> str | None:
-    """Why a parameter's ``state`` cannot be stepped with ``cfg`` (``shape``: its buffers' shape), or None.
+def _state_mismatch(state: Any, cfg: AutoSGMConfig, p: Tensor) -> str | None:
+    """Why the ``state`` of the parameter ``p`` cannot be stepped with ``cfg``, or None.
 
     The reason names the setting that asks for other buffers, e.g. ``numerator (the state is that
     of 'unity', the settings say 'corr')``.
@@ -768,7 +871,10 @@ def _state_mismatch(state: Any, cfg: AutoSGMConfig, shape: tuple[int, ...]) -> s
     problem = _step_problem(state["step"])
     if problem is not None:
         return problem
-    have, want = set(state) - {"step"}, _buffer_layout(cfg)
+    have, want = set(state) - {"step"}, _buffer_shapes(cfg, p)
+    if gets_matrix_step(p, cfg) or "matrix_m" in have or ("num_c" in have and "moment" not in have):
+        settings = _matrix_state_mismatch(have, want, cfg, gets_matrix_step(p, cfg))
+        return settings or _buffer_mismatch(state, have, want)
     settings = []
     if ("filter_state" in have) != ("filter_state" in want):
         settings.append("betas[0] and gamma (the state " + (
@@ -786,10 +892,34 @@ def _state_mismatch(state: Any, cfg: AutoSGMConfig, shape: tuple[int, ...]) -> s
         settings.append(f"numerator_mode (the state is per {mode}, the settings say {cfg.numerator_mode!r})")
     if settings:
         return "; ".join(settings)
+    return _buffer_mismatch(state, have, want)
+
+
+def _matrix_state_mismatch(have: set[str], want: dict[str, Any], cfg: AutoSGMConfig, matrix: bool) -> str | None:
+    """Which setting makes a matrix-oracle state (or a state for one) differ from ``cfg``'s, or None."""
+    made_matrix = "moment" not in have and ("matrix_m" in have or "num_c" in have or cfg.normalize)
+    if matrix != made_matrix:
+        return (f"oracle (the state is that of the {'matrix' if made_matrix else 'element-wise'} oracle, the "
+                f"settings give this tensor the {'matrix' if matrix else 'element-wise'} oracle)")  # fmt: skip
+    settings = []
+    if ("filter_state" in have) != ("filter_state" in want):
+        settings.append("betas[0] and gamma (the filter's memory differs)")
+    if ("matrix_m" in have) != ("matrix_m" in want):
+        settings.append(f"matrix_pole (the state {'holds' if 'matrix_m' in have else 'holds no'} average of V Vᵀ, "
+                        f"the settings say matrix_pole={cfg.matrix_pole})")  # fmt: skip
+    nums = have - {"filter_state", "matrix_m"}
+    if nums != set(want) - {"filter_state", "matrix_m"}:
+        settings.append(f"numerator (the state holds the numerator buffers {sorted(nums)}, the settings say "
+                        f"{cfg.numerator!r})")  # fmt: skip
+    return "; ".join(settings) or None
+
+
+def _buffer_mismatch(state: dict[str, Any], have: set[str], want: dict[str, tuple[int, ...]]) -> str | None:
+    """Why the buffers ``have`` of ``state`` are not those ``want``ed, with their shapes, or None."""
     if have != set(want):
         return f"the state holds the buffers {sorted(have)}, the settings need {sorted(want)}"
-    for name, per_tensor in want.items():
-        value, need = state[name], () if per_tensor else shape
+    for name, need in want.items():
+        value = state[name]
         if not isinstance(value, Tensor):
             return f"{name} is a {type(value).__name__}, not a tensor"
         if tuple(value.shape) != need:
@@ -853,9 +983,10 @@ def _recorded_step(
     cfg: AutoSGMConfig,
     mu: float,
     emit: Callable[[StepRecord], None],
+    matrix: bool = False,
 ) -> float:
-    """The reference step of one tensor with its :class:`StepRecord` given to ``emit`` (the
-    trajectory hooks); returns F."""
+    """The reference step of one tensor (``matrix``: with the matrix oracle) with its
+    :class:`StepRecord` given to ``emit`` (the trajectory hooks); returns F."""
     t = int(state["step"])
     scalars, F = step_scalars(cfg, t, mu)
     w_before = w.clone()
@@ -864,7 +995,10 @@ def _recorded_step(
     def record(v, d, a) -> None:
         records.append(_make_record(w, grad, v, d, a, cfg, mu, F, scalars.debias, t))
 
-    tensor_step(TENSOR_OPS, w, grad, state, cfg, scalars, record)
+    if matrix:
+        matrix_step(TENSOR_OPS, w, grad, state, cfg, scalars, t, record)
+    else:
+        tensor_step(TENSOR_OPS, w, grad, state, cfg, scalars, record)
     emit(records[0]._replace(weight=w_before, update=w - w_before))
     return F
 

@@ -31,6 +31,12 @@ State buffers (per parameter, created only when the configuration needs them):
 ``num_a``          per-tensor numerator after the short smoothing filter (pole 0.1), 0-d
 =================  ==============================================================================
 
+A weight matrix in a group with ``oracle="matrix"`` (:func:`gets_matrix_step`) is stepped by
+:func:`matrix_step` instead (spec §9): the same gradient input and filter, then the matrix oracle
+``M^(−1/2)`` in place of the moment ``d``. Its state has no ``moment``; it keeps ``matrix_m``
+(``M``, ``n × n``, when ``matrix_pole > 0``) and, for a partial-correlation numerator, the
+``n × n`` accumulator ``num_c`` (:data:`MATRIX_NUMERATOR_BUFFERS`).
+
 State dtype (:func:`state_dtype`): the parameter's dtype, except float16/bfloat16 parameters,
 whose state is float32 and whose step is computed in float32 (the result is rounded into the
 parameter once). A float16/bfloat16 state would not work: with β_a = 0.999 the moment's pole
@@ -46,7 +52,9 @@ from typing import Any, Callable, NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
+from . import matrix as _matrix
 from .config import AutoSGMConfig
+from .design import default_eta
 
 __all__ = [
     "NUMERATOR_BUFFERS",
@@ -72,6 +80,13 @@ __all__ = [
     "mean_square",
     "numerator",
     "apply_update",
+    "MATRIX_NUMERATOR_BUFFERS",
+    "gets_matrix_step",
+    "matrix_step",
+    "lowpass_whole",
+    "matrix_direction",
+    "matrix_numerator",
+    "matrix_update",
 ]
 
 TensorLike = Union[Tensor, Sequence[Tensor]]
@@ -91,6 +106,15 @@ NUMERATOR_BUFFERS: dict[str, tuple[str, ...]] = {
     "parcor-maxbound": ("num_c", "num_w2"),
     "parcor-markov": ("num_c", "num_w2", "num_absx"),
     "parcor-chebyshev": ("num_c", "num_w2", "num_xmean", "num_xvar"),
+}
+#: The numerator buffers of a tensor with the matrix oracle: ``num_c`` is the ``n × n`` accumulator C,
+#: ``num_w2`` (the cap of codes 2-4) and ``num_a`` are 0-d (:func:`matrix_numerator`).
+MATRIX_NUMERATOR_BUFFERS: dict[str, tuple[str, ...]] = {
+    "unity": (),
+    "parcor-bounded": ("num_c", "num_a"),
+    "parcor-maxbound": ("num_c", "num_w2", "num_a"),
+    "parcor-markov": ("num_c", "num_w2", "num_a"),
+    "parcor-chebyshev": ("num_c", "num_w2", "num_a"),
 }
 #: Buffers that are 0-d (one value per tensor) in per-tensor mode.
 PER_TENSOR_STATS = frozenset({"num_absx", "num_xmean", "num_xvar", "num_a"})
@@ -416,3 +440,165 @@ def apply_update(
     if rho != 0.0:
         ops.add_(vbar, p, alpha=rho)
     ops.addcmul_(p, vbar, a, -scalars.scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# the matrix oracle (spec §9): a weight matrix's step
+# ----------------------------------------------------------------------------------------------
+def gets_matrix_step(p: Tensor, cfg: AutoSGMConfig) -> bool:
+    """Whether ``p`` is stepped by :func:`matrix_step`: its group has ``oracle="matrix"`` and ``p`` is a
+    real matrix (after reshaping to 2-D) with both dims in ``[MIN_DIM, MAX_DIM]``
+    (:func:`~autosgm.matrix.gets_matrix_oracle`). Every other tensor of the group keeps the
+    element-wise oracle with the group's settings."""
+    return cfg.oracle == "matrix" and not p.is_complex() and _matrix.gets_matrix_oracle(p)
+
+
+def matrix_step(
+    ops,
+    w: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    cfg: AutoSGMConfig,
+    scalars: StepScalars,
+    t: int,
+    record: Callable[..., None] | None = None,
+) -> None:
+    r"""One matrix-oracle step of the weight matrix ``w`` at count ``t`` (spec §9), in place.
+
+        g ─► [gradient input] ─► [filter H] ─► V = v̂ ─► [M, O = M^(−1/2) V] ─► [numerator a]
+          ─► [update: Δ = −μ F a (s O + ρ_d w)]
+
+    ``V`` is ``v̂ = v / S[t]`` viewed as an ``n × m`` matrix with ``n ≤ m``
+    (:func:`~autosgm.matrix.as_matrix`), ``M = V Vᵀ`` or its average, ``s`` the learning-rate
+    factor of ``matrix_lr_scale``. ``ops`` runs the filter stages (one tensor: ``TENSOR_OPS``).
+    A float16/bfloat16 ``w`` is stepped in float32 (its state's dtype) and rounded once.
+    ``record(v, None, a)``, if given, sees the filter output and the numerator.
+    """
+    dtype = ops.dtype(w)
+    work = w
+    if state_dtype(dtype) != dtype:
+        work, grad = ops.to(w, state_dtype(dtype)), ops.to(grad, state_dtype(dtype))
+    g = gradient_input(ops, grad, work, cfg)  # g ← −g (maximize); g ← g + ρw (coupled)
+    v = lowpass_whole(ops, state.get("filter_state"), g, cfg)  # v = H{g}
+    V, transposed = _matrix.as_matrix(ops.div(v, scalars.debias) if cfg.debias else v)  # V = v̂, n ≤ m
+    O = matrix_direction(state, V, cfg, t)  # O = (M + εI)^(−1/2) V
+    W = _matrix.as_matrix(work)[0]
+    a = matrix_numerator(ops, state, W, O, cfg)  # a = min(‖E[W Oᵀ]‖ / √(n m), cap), or 1
+    if record is not None:
+        record(v, None, a)
+    matrix_update(work, O, transposed, a, cfg, scalars)  # w ← w − μF a (s O + ρ_d w)
+    if work is not w:
+        ops.copy_(w, work)
+
+
+def lowpass_whole(ops, s: Tensor | None, g: Tensor, cfg: AutoSGMConfig) -> Tensor:
+    r"""The filter output ``v[t]`` as one tensor, with the filter state advanced (one tensor).
+
+    The matrix oracle reads ``v`` whole, after the filter: for γ = 0 (or β = 0) this is
+    :func:`lowpass`, :func:`form` and :func:`lowpass_finish`. For γ ≠ 0 and β > 0 the state is advanced
+    first, ``u[t] = β u[t−1] + (1 − β) g[t]``, and then, as ``u[t−1] = (u[t] − (1 − β) g[t]) / β``,
+
+        v[t] = η g[t] + K u[t−1] = (η − K (1 − β)/β) g[t] + (K/β) u[t],   K = η (β − γ)/(1 − β).
+
+    The two weights sum to the DC gain ``η (1 − γ)/(1 − β)``; at the default gain (DC gain 1) ``v`` is
+    the interpolation ``v = g + (K/β)(u[t] − g)`` (a ``lerp``), torch's Nesterov order in Muon
+    (with γ = β/(1+β): ``K/β = β``). Returns ``v`` (for γ = 0 it aliases the buffer: do not modify it).
+    """
+    if s is None or cfg.gamma == 0.0 or cfg.beta == 0.0:
+        v = form(ops, lowpass(ops, s, g, cfg))
+        lowpass_finish(ops, s, g, cfg)
+        return v
+    lowpass_finish(ops, s, g, cfg)  # u[t]
+    c_u = cfg.filter_state_gain / cfg.beta
+    if cfg.eta == default_eta(cfg.beta, cfg.gamma):
+        return torch.lerp(g, s, c_u)
+    v = ops.mul(g, cfg.eta - c_u * (1.0 - cfg.beta))
+    ops.add_(v, s, alpha=c_u)
+    return v
+
+
+def matrix_direction(state: dict[str, Any], V: Tensor, cfg: AutoSGMConfig, t: int) -> Tensor:
+    r"""The matrix oracle's direction ``O = (M + εI)^(−1/2) V`` for the ``n × m`` matrix ``V``.
+
+    * ``matrix_pole = 0``: ``M = V Vᵀ``, so ``O`` is ``V``'s orthogonal polar factor
+      (:func:`~autosgm.matrix.polar_factor`; ``"muon-quintic"`` computes it approximately on ``V``).
+    * ``matrix_pole = p > 0`` (one-sided Shampoo-like): ``M[t] = p M[t−1] + (1 − p) V Vᵀ`` in the
+      state buffer ``matrix_m``, divided by ``1 − p^t`` when ``debias`` (as the moment is), and
+      ``O = (M̂ + εI)^(−1/2) V`` (:func:`~autosgm.matrix.precondition`).
+
+    ``matrix_method``/``matrix_iters``/``matrix_eps`` (None: the method's defaults) as in
+    :mod:`autosgm.matrix`. ``O`` has ``V``'s dtype (float32 iterations for float32 ``V``).
+    """
+    method, iters, eps = cfg.matrix_method, cfg.matrix_iters, cfg.matrix_eps
+    if not cfg.matrix_averaged:
+        return _matrix.polar_factor(V, method, iters=iters, eps=eps)
+    p, M = cfg.matrix_pole, state["matrix_m"]
+    M.mul_(p).addmm_(V, V.mT, alpha=1.0 - p)
+    M_hat = M / cfg.matrix_debias(t) if cfg.debias else M
+    return _matrix.precondition(M_hat, V, method, iters=iters, eps=_matrix.ROOT_EPS if eps is None else eps)
+
+
+def matrix_numerator(ops, st: dict[str, Any], W: Tensor, O: Tensor, cfg: AutoSGMConfig) -> Tensor | None:
+    r"""The numerator of a matrix (spec §9): ``None`` for ``unity`` (a = 1), else the clipped norm of
+    the correlation between the weights and the step direction, one value per tensor.
+
+    ``W`` and ``O`` are ``n × m`` (``n ≤ m``). With ``Ō = √m O`` (for an orthogonal ``O``,
+    ``O Oᵀ = I``, its entries have RMS 1, as ``v̄ = v/d`` has element-wise),
+
+        C[t] = β_n C[t−1] + W Ōᵀ / m = β_n C[t−1] + W Oᵀ / √m      (n × n, the state ``num_c``),
+        a = cap(‖C[t]‖_F / √n),
+
+    the matrix form of the element-wise ``c ← β_n c + w v̄``, ``a = cap(|c|)``: for ``C = c I`` the
+    norm gives ``|c|``, and ``W = s Ō`` (weights aligned with the step, entries of size ``s``) adds
+    ``s I``, as ``w = s v̄`` adds ``s v̄² ≈ s``. ``‖C‖_F`` is unchanged by rotations ``U C Uᵀ``, as the
+    oracle is. Caps as in spec §4: ``a ≤ 1`` (``parcor-bounded``), ``a ≤ 1 + E[w²]`` (codes 2-4; the
+    per-tensor ``E[w²] ← β_n E[w²] + (1 − β_n) mean(W²)``, the state ``num_w2``). The Markov and
+    Chebyshev prefilters, element-wise clippings of ``x = w v̄``, are not applied (each entry of
+    ``W Oᵀ`` already pools ``m`` products). ``a`` is then smoothed by the pole-0.1 filter
+    (``num_a``), as the element-wise per-tensor numerator is. An all-zero ``W`` starts ``C`` at
+    ``c₀ I`` (``zero_tensor_start``), so that it moves.
+    """
+    if cfg.numerator == "unity":
+        return None
+    n, m = W.shape
+    C, bn = st["num_c"], cfg.beta_n
+    C.mul_(bn).addmm_(W, O.mT, alpha=1.0 / math.sqrt(m))  # C ← β_n C + W Oᵀ/√m
+    a = torch.linalg.matrix_norm(C) / math.sqrt(n)
+    if PARCOR[cfg.numerator][1] is cap_one:
+        a = a.clamp_max(1.0)
+    else:
+        w2 = st["num_w2"]
+        _ema_(ops, w2, ops.mean_sq(W), bn)  # E[w²] ← β_n E[w²] + (1 − β_n) mean(W²)
+        a = torch.minimum(a, w2 + 1.0)
+    _ema_(ops, st["num_a"], a, SHORT_POLE)  # the per-tensor smoothing
+    return st["num_a"]
+
+
+def matrix_update(w: Tensor, O: Tensor, transposed: bool, a: Tensor | None, cfg: AutoSGMConfig,
+                  scalars: StepScalars) -> None:  # fmt: skip
+    """Parameter step ``w ← w − μ F a (s O + ρ_d w)`` in ``w``'s layout, in place.
+
+    ``O`` (``n × m``) is transposed back if :func:`~autosgm.matrix.as_matrix` transposed ``w`` and
+    reshaped to ``w``'s shape; ``s`` is ``matrix_lr_scale``'s factor for ``w``'s 2-D shape (1 for
+    None); ``ρ_d`` the decoupled decay, else 0. With ``a = 1`` this is ``w ← (1 − μFρ_d) w −
+    (μF s) O``, torch's Muon order.
+    """
+    rho = cfg.weight_decay if cfg.decoupled_weight_decay else 0.0
+    D = (O.mT if transposed else O).reshape(w.shape)
+    s = _lr_scale(w.shape, cfg)
+    if a is None:
+        if rho != 0.0:
+            w.mul_(1.0 - scalars.scale * rho)
+        w.add_(D, alpha=-(scalars.scale * s))
+        return
+    D = D * s
+    if rho != 0.0:
+        D.add_(w, alpha=rho)
+    w.addcmul_(D, a, value=-scalars.scale)
+
+
+def _lr_scale(shape: Sequence[int], cfg: AutoSGMConfig) -> float:
+    """``matrix_lr_scale``'s factor for a parameter of ``shape`` (as a ``shape[0] × rest`` matrix)."""
+    if cfg.matrix_lr_scale is None:
+        return 1.0
+    return _matrix.muon_lr_adjustment((shape[0], math.prod(shape[1:])), cfg.matrix_lr_scale)
