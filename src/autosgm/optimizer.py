@@ -543,22 +543,36 @@ class AutoSGM(Optimizer):
         """Step one group's parameters (those with gradients) on the chosen path; returns F.
 
         Single tensor (the reference): :func:`~autosgm.step.tensor_step` per parameter with
-        torch's functions. Multi-tensor and fused: per bucket (tensors of one device, dtype and
+        torch's functions (:func:`~autosgm.step.matrix_step` for a weight matrix with the matrix
+        oracle, on every path). Multi-tensor and fused: per bucket (tensors of one device, dtype and
         step count), count the step once, then the stages on lists of tensors
         (``torch._foreach_*``), tensor by tensor with a workspace (a numerator's chain on the
         CPU, :mod:`autosgm.packing`) or compiled (:mod:`autosgm.fused`).
         """
         F = 1.0
-        if cfg.oracle == "matrix":  # weight matrices: the single-tensor path, whatever the group's path
-            matrices = [p for p in params if gets_matrix_step(p, cfg)]
-            if matrices:
-                F = self._single_steps(group, matrices, cfg, mu)
-                params = [p for p in params if not gets_matrix_step(p, cfg)]
-                if not params:
-                    return F
+        matrices = [p for p in params if gets_matrix_step(p, cfg)] if cfg.oracle == "matrix" else []
+        # the reference path; weight matrices with the matrix oracle take it whatever the group's path
+        for p in params if path == "single" else matrices:
+            w, g = _real(p), _real(p.grad)
+            state = self._init_state(p, w, cfg)
+            state["step"] += 1
+            matrix = bool(matrices) and gets_matrix_step(p, cfg)
+            if self._trajectory_hooks:
+                F = _recorded_step(w, g, state, cfg, mu, self._record_fn(group, w), matrix)
+                continue
+            t = int(state["step"])  # (a CPU tensor: no device sync)
+            scalars, F = step_scalars(cfg, t, mu)
+            if matrix:
+                matrix_step(TENSOR_OPS, w, g, state, cfg, scalars, t)
+            else:
+                tensor_step(TENSOR_OPS, w, g, state, cfg, scalars)
         if path == "single":
             self._plans.pop(gi, None)  # its step counts may now differ
-            return self._single_steps(group, params, cfg, mu)
+            return F
+        if matrices:
+            params = [p for p in params if not gets_matrix_step(p, cfg)]
+            if not params:
+                return F
         plan = _group_cache(self, gi, group, params, cfg, path == "fused")
         grads = [p.grad for p in params]
         for b in plan.buckets:
@@ -575,25 +589,6 @@ class AutoSGM(Optimizer):
             else:
                 for sl, buffers in b.chunks:
                     tensor_step(FOREACH_OPS, ws[sl], gs[sl], buffers, cfg, scalars)
-        return F
-
-    def _single_steps(self, group: dict[str, Any], params: list[Tensor], cfg: AutoSGMConfig, mu: float) -> float:
-        """The reference path: :func:`~autosgm.step.tensor_step` (or, for a weight matrix with the
-        matrix oracle, :func:`~autosgm.step.matrix_step`) per parameter; returns F."""
-        F = 1.0
-        for p in params:
-            w, g = _real(p), _real(p.grad)
-            state = self._init_state(p, w, cfg)
-            state["step"] += 1
-            if self._trajectory_hooks:
-                F = _recorded_step(w, g, state, cfg, mu, self._record_fn(group, w), gets_matrix_step(p, cfg))
-                continue
-            t = int(state["step"])  # (a CPU tensor: no device sync)
-            scalars, F = step_scalars(cfg, t, mu)
-            if gets_matrix_step(p, cfg):
-                matrix_step(TENSOR_OPS, w, g, state, cfg, scalars, t)
-            else:
-                tensor_step(TENSOR_OPS, w, g, state, cfg, scalars)
         return F
 
     def _nonfinite_groups(self, configs: list[AutoSGMConfig], params: list[list[Tensor]]) -> set[int]:
