@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.optim._muon as torch_muon  # private: read here only, never by the module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -199,7 +198,7 @@ SHAPES = [(8, 32), (32, 8), (4, 4), (64, 64), (50, 130), (130, 50)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_muon_quintic_is_torchs_newton_schulz_bit_for_bit_in_float32(shape, torch_muon_in_float32):
+def test_muon_quintic_is_torchs_newton_schulz_bit_for_bit_in_float32(shape, torch_muon_in_float32, torch_muon):
     G = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
     theirs = torch_muon._zeropower_via_newtonschulz(G, MUON_QUINTIC, MUON_STEPS, MUON_EPS)
     assert theirs.dtype == torch.float32
@@ -207,7 +206,7 @@ def test_muon_quintic_is_torchs_newton_schulz_bit_for_bit_in_float32(shape, torc
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_muon_quintic_matches_torchs_bfloat16_newton_schulz_to_bfloat16_accuracy(shape):
+def test_muon_quintic_matches_torchs_bfloat16_newton_schulz_to_bfloat16_accuracy(shape, torch_muon):
     G = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
     theirs = torch_muon._zeropower_via_newtonschulz(G, MUON_QUINTIC, MUON_STEPS, MUON_EPS)
     assert theirs.dtype == torch.bfloat16
@@ -241,6 +240,7 @@ def test_a_muon_step_is_assembled_from_these_functions(shape, nesterov, mode, to
     torch.testing.assert_close(ours, theirs, rtol=0.0, atol=0.0)
 
 
+@pytest.mark.torch_muon
 @pytest.mark.parametrize("mode", ["original", "match_rms_adamw"])
 def test_a_muon_step_matches_torchs_bfloat16_step_to_bfloat16_accuracy(mode):
     W0 = torch.randn(16, 40, generator=torch.Generator().manual_seed(7))
@@ -250,7 +250,7 @@ def test_a_muon_step_matches_torchs_bfloat16_step_to_bfloat16_accuracy(mode):
 
 @pytest.mark.parametrize("mode", ["original", "match_rms_adamw"])
 @pytest.mark.parametrize("shape", [(16, 40), (40, 16), (64, 64), (1, 3), (2048, 4)])
-def test_muon_lr_adjustment_is_torchs(shape, mode):
+def test_muon_lr_adjustment_is_torchs(shape, mode, torch_muon):
     assert muon_lr_adjustment(shape, mode) == torch_muon._adjust_lr(1.0, mode, torch.Size(shape))
     assert 0.02 * muon_lr_adjustment(shape, mode) == torch_muon._adjust_lr(0.02, mode, torch.Size(shape))
 
@@ -340,6 +340,6 @@ def test_bad_input_names_the_argument(call, error, name):
         call()
 
 
-def test_muons_constants_are_torchs():
+def test_muons_constants_are_torchs(torch_muon):
     assert MUON_QUINTIC == (torch_muon.DEFAULT_A, torch_muon.DEFAULT_B, torch_muon.DEFAULT_C)
     assert (MUON_STEPS, MUON_EPS) == (torch_muon.DEFAULT_NS_STEPS, torch_muon.EPS)

@@ -94,6 +94,7 @@ def test_the_muon_point_by_its_keywords_is_the_muon_constructor(torch_muon_in_fl
     torch.testing.assert_close(mine.detach(), W.detach(), rtol=0.0, atol=0.0)
 
 
+@pytest.mark.torch_muon
 @pytest.mark.parametrize("mode", ["original", "match_rms_adamw"])
 @pytest.mark.parametrize("shape", [(16, 40), (40, 16)])
 def test_muon_matches_torchs_bfloat16_muon_to_bfloat16_accuracy(shape, mode):
