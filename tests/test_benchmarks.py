@@ -43,6 +43,36 @@ def test_floor_script_adds_its_row(bench, capsys):
     assert "× torch Adam | 16.00 |" in row  # a ratio, and the state of a parcor numerator
 
 
+def test_bench_matrix_times_the_matrix_oracle_beside_torchs_muon(capsys):
+    """The matrix benchmark's tiny set: every row, a ratio to torch's Muon, the state bytes, and the
+    two dtype-swapping rows of ``--diagnose`` (whose patches are undone after each step)."""
+    import torch
+
+    if not hasattr(torch.optim, "Muon"):
+        pytest.skip("torch.optim.Muon needs torch ≥ 2.9")
+    import autosgm.matrix
+
+    cast, working = torch.Tensor.bfloat16, autosgm.matrix._working_dtype
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_matrix
+
+        bench_matrix.main(["--sets", "tiny", "--reps", "1", "--diagnose"])
+        with pytest.raises(SystemExit):
+            bench_matrix.main(["--sets", "small"])  # no matrix in it
+    finally:
+        sys.path.remove(str(BENCH))
+    assert torch.Tensor.bfloat16 is cast and autosgm.matrix._working_dtype is working
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0][2:]: line for line in out.splitlines() if line.startswith("| ")}
+    assert rows["torch Muon"].startswith("| torch Muon | single |") and "| 4.00 |" in rows["torch Muon"]
+    assert "| 8.0" in rows["torch AdamW"]  # two moments and the step counters
+    for name in ("AutoSGM muon", "AutoSGM matrix NS×5", "AutoSGM matrix NS×16", "AutoSGM matrix pole 0.9",
+                 "torch Muon (float32 NS)", "AutoSGM muon (bfloat16 NS)"):  # fmt: skip
+        assert "× torch Muon |" in rows[name], name
+    assert "| tiny | AutoSGM muon / torch Muon |" in out
+
+
 def test_bench_step_rejects_unknown_names(bench):
     bench_step, _ = bench
     with pytest.raises(SystemExit):

@@ -50,6 +50,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "corr-tensor": dict(lr=0.1, numerator="corr"),
     "corr-element": dict(lr=0.1, numerator="corr", numerator_mode="element"),
 }
+#: name -> (constructor, keyword arguments) of the matrix oracle (spec §9), on ``_matrix_net``: Muon's
+#: point (the polar factor by the quintic iteration) and the averaged ``M`` (coupled Newton–Schulz)
+#: with the matrix numerator
+MATRIX_CONFIGS: dict[str, tuple[Callable[..., AutoSGM], dict[str, Any]]] = {
+    "muon": (AutoSGM.muon, dict(lr=2e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")),
+    "matrix-parcor-markov-averaged": (AutoSGM, dict(lr=1e-2, oracle="matrix", numerator="parcor-markov",
+                                                    matrix_pole=0.9)),
+}  # fmt: skip
 ELEMENT_WISE = ["adam", "nesterov", "parcor-markov-element", "corr-element"]
 PER_TENSOR = ["parcor-markov-tensor-window", "parcor-chebyshev-tensor", "parcor-bounded-tensor",
               "parcor-maxbound-tensor", "corr-tensor"]  # fmt: skip
@@ -89,10 +97,29 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((model(x) - y) ** 2).mean()
 
 
+def _matrix_net() -> nn.Module:
+    """Two hidden weights that get the matrix oracle (16×6 and 8×16, both dims ≥ 4; the first is
+    transposed to 6×16); the biases and the 1×8 output weight keep the element-wise oracle."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+
+def _model(name: str) -> nn.Module:
+    return _matrix_net() if name in MATRIX_CONFIGS else _net()
+
+
+def _optimizer(name: str, params, **extra: Any) -> AutoSGM:
+    """The optimizer of a ``CONFIGS`` or ``MATRIX_CONFIGS`` name."""
+    if name in MATRIX_CONFIGS:
+        make, kwargs = MATRIX_CONFIGS[name]
+        return make(params, **kwargs, **extra)
+    return AutoSGM(params, **CONFIGS[name], **extra)
+
+
 def _reference(name: str, steps: int = STEPS, poison_step: int | None = None, **extra: Any):
     """One process, the combined batch: the parameters and the optimizer after ``steps`` steps."""
-    net = _net()
-    opt = AutoSGM(net.parameters(), **CONFIGS[name], **extra)
+    net = _model(name)
+    opt = _optimizer(name, net.parameters(), **extra)
     for k in range(steps):
         opt.zero_grad()
         _loss(net, *_data(k, poison=k == poison_step)).backward()
@@ -162,9 +189,9 @@ def _ddp_job(rank: int, names: list[str]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for name in names:
-        net = _net()
+        net = _model(name)
         model = DDP(net)
-        opt = AutoSGM(net.parameters(), **CONFIGS[name])
+        opt = _optimizer(name, net.parameters())
         for k in range(STEPS):
             opt.zero_grad()
             _loss(model, *_data(k, rank)).backward()
@@ -183,9 +210,18 @@ def _ddp_job(rank: int, names: list[str]) -> dict[str, Any]:
     return out
 
 
-def test_ddp_equals_one_process_on_the_combined_batch(tmp_path):
-    names = ["adam", "nesterov", "parcor-markov-tensor-window", "parcor-chebyshev-tensor", "corr-element"]
-    results = _spawn(_ddp_job, tmp_path, names)
+DDP_NAMES = ["adam", "nesterov", "parcor-markov-tensor-window", "parcor-chebyshev-tensor", "corr-element"]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    """One spawn for the element-wise and the matrix-oracle configurations."""
+    return _spawn(_ddp_job, tmp_path_factory.mktemp("ddp"), DDP_NAMES + list(MATRIX_CONFIGS))
+
+
+def test_ddp_equals_one_process_on_the_combined_batch(ddp_results):
+    results = ddp_results
+    names = DDP_NAMES
     for name in names:
         ref, _ = _reference(name)
         _close(results[0][name], list(ref.parameters()))
@@ -196,6 +232,19 @@ def test_ddp_equals_one_process_on_the_combined_batch(tmp_path):
     for r in range(WORLD):
         assert results[r]["skipped_steps"] == [1]
         _close(results[r]["skip"], list(ref.parameters()))
+
+
+def test_ddp_equals_one_process_for_the_matrix_oracle(ddp_results):
+    """The matrix step reads only the all-reduced gradient and its own state (no collective of its
+    own), so DDP is one process on the combined batch, to the tolerance of the element-wise case."""
+    for name in MATRIX_CONFIGS:
+        ref, ref_opt = _reference(name)
+        weights = [ref[0].weight, ref[2].weight]
+        assert all("moment" not in ref_opt.state[w] for w in weights)  # they got the matrix step
+        assert ("matrix_m" in ref_opt.state[weights[0]]) == (name != "muon")
+        assert "moment" in ref_opt.state[ref[4].weight]  # the 1×8 output weight: element-wise
+        _close(ddp_results[0][name], list(ref.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(ddp_results[0][name], ddp_results[1][name]))
 
 
 # ------------------------------------------------------------------------------------------------
