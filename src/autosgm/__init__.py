@@ -11,4 +11,4 @@ from .optimizer import AutoSGM, StepRecord
 from .windows import Window, WindowLR
 
 __all__ = ["AutoSGM", "AutoSGMConfig", "NUMERATORS", "StepRecord", "Window", "WindowLR", "__version__", "weight_decay_groups"]
-__version__ = "0.3.0"
+__version__ = "0.4.0"
