@@ -215,7 +215,12 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
 
 
 BASELINE_NAMES = ("adamw", "sgd-nesterov", "prodigy", "schedulefree-adamw", "dadapt-adam", "lion")
-EXTERNAL_NOTE = "prodigy, schedulefree-adamw, dadapt-adam and lion need pip install 'autosgm[baselines]'"
+#: Baselines chosen by name only (not in the default baselines of `robustness`): torch's Muon + AdamW.
+EXTRA_BASELINE_NAMES = ("muon",)
+BASELINE_CHOICES = BASELINE_NAMES + EXTRA_BASELINE_NAMES
+EXTERNAL_NOTE = ("prodigy, schedulefree-adamw, dadapt-adam and lion need pip install 'autosgm[baselines]'; "
+                 "muon (torch.optim.Muon for the weight matrices, AdamW for the rest) needs torch >= 2.9")
+ORACLE_NAMES = ("element", "matrix")
 
 
 def _add_beta_options(group: argparse._ArgumentGroup) -> None:
@@ -281,14 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_options(p)
     g = p.add_argument_group("optimizer")
     g.add_argument("--optimizer", default="autosgm",
-                   choices=("autosgm", "autosgm-nesterov", "autosgm-heavy-ball", "sgd") + BASELINE_NAMES,
+                   choices=("autosgm", "autosgm-nesterov", "autosgm-heavy-ball", "sgd") + BASELINE_CHOICES,
                    help="autosgm (any design point), AutoSGM's constant-oracle Nesterov/heavy-ball points, a torch "
                         f"baseline (adamw, sgd-nesterov, sgd) or an external one ({EXTERNAL_NOTE}) (default: autosgm)")
     g.add_argument("--lr", type=_positive_float,
                    help="peak learning rate μ (default: the recommended one, see docs/experiments.md: the task's for "
                         "AdamW and AutoSGM's unity numerator, the task's parcor rate for the correlation numerators, 1 for prodigy and dadapt-adam, 2.5e-3 for schedulefree-adamw, "
-                        "AdamW's / 3 for lion)")
+                        "AdamW's / 3 for lion, AdamW's for muon)")
     g.add_argument("--numerator", default="unity", choices=NUMERATOR_NAMES, help="AutoSGM numerator (default: unity)")
+    g.add_argument("--oracle", default="element", choices=ORACLE_NAMES,
+                   help="AutoSGM's oracle: element-wise, or matrix (weight matrices get M^(-1/2)V scaled to AdamW's "
+                        "update RMS, the other tensors the element-wise step; docs/matrix-oracle.md) (default: element)")
     g.add_argument("--gamma", type=_gamma, default=0.0, help="filter zero γ: a number, nag = β/(1+β), mls = 1-sqrt(2(1-β)) (default: 0)")
     g.add_argument("--eta", type=_positive_float, help="filter gain η (default: (1-β)/(1-γ))")
     g.add_argument("--no-debias", action="store_true", help="no filter/moment bias correction")
@@ -320,13 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated AutoSGM numerators (default: unity,parcor-markov)")
     g.add_argument("--gammas", type=_gamma_list, metavar="G[,G...]", default=[0.0, "nag", "mls"],
                    help="comma-separated filter zeros: numbers, nag, mls (default: 0,nag,mls)")
+    g.add_argument("--oracles", type=_str_list, metavar="NAME[,NAME...]", default=["element"],
+                   help="AutoSGM's oracles of every point: element, matrix (weight matrices get M^(-1/2)V scaled to "
+                        "AdamW's update RMS) (default: element)")
     g.add_argument("--lrs", type=_float_list, metavar="LR[,LR...]", help="comma-separated peak lrs of AutoSGM and AdamW (default: the task's)")
     g.add_argument("--lr-for", dest="lr_for", action="append", default=[], type=_name_lrs, metavar="NAME=LR[,LR...]",
                    help="learning rates of one numerator or baseline instead of its default, repeatable "
                         "(e.g. --lr-for parcor-markov=3e-2 --lr-for lion=1e-3)")
     g.add_argument("--seeds", type=_seeds, metavar="SEEDS", default=list(range(3)), help="N (seeds 0..N-1), A-B, or A,B,C (default: 3)")
     g.add_argument("--baselines", default="adamw,sgd-nesterov", metavar="NAME[,NAME...]",
-                   help=f"comma-separated baselines from {', '.join(BASELINE_NAMES)}, or none; each at its recommended "
+                   help=f"comma-separated baselines from {', '.join(BASELINE_CHOICES)}, or none; each at its recommended "
                         f"lr ({EXTERNAL_NOTE}) (default: adamw,sgd-nesterov)")
     g.add_argument("--sgd-lrs", type=_float_list, metavar="LR[,LR...]", help="comma-separated peak lrs of SGD-Nesterov (default: the task's)")
     g.add_argument("--sgd-weight-decay", type=_nonneg_float, help="coupled weight decay of SGD-Nesterov (default: the task's)")
@@ -358,8 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AutoSGM numerators, or none (default: unity,parcor-markov,parcor-bounded)")
     g.add_argument("--gammas", type=_gamma_list, metavar="G[,G...]", default=[0.0, "nag"],
                    help="filter zeros of every numerator: numbers, nag, mls (default: 0,nag)")
+    g.add_argument("--oracles", type=_str_list, metavar="NAME[,NAME...]", default=["element"],
+                   help="AutoSGM's oracles of every numerator × γ: element, matrix (weight matrices get M^(-1/2)V "
+                        "scaled to AdamW's update RMS; rows '... (matrix)') (default: element)")
     g.add_argument("--baselines", default=",".join(BASELINE_NAMES), metavar="NAME[,NAME...]",
-                   help=f"baselines, or none ({EXTERNAL_NOTE}) (default: all: {','.join(BASELINE_NAMES)})")
+                   help=f"baselines from {','.join(BASELINE_CHOICES)}, or none ({EXTERNAL_NOTE}) "
+                        f"(default: {','.join(BASELINE_NAMES)})")
     g.add_argument("--points", type=_int_at_least(2), default=11, metavar="N",
                    help="learning rates per optimizer (default: 11)")
     g.add_argument("--span", type=_span, default=10**2.5, metavar="X",
@@ -376,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(3× for lion) (default: the task's)")
     g.add_argument("--sgd-weight-decay", type=_nonneg_float, help="coupled weight decay of SGD-Nesterov (default: the task's)")
     p.add_argument("--out", metavar="DIR", help="directory of the results, table and figures (default: runs/robustness-TASK)")
+    p.add_argument("--report-all", action="store_true",
+                   help="the table and figures cover every run of DIR/results.jsonl with this task's settings, not "
+                        "only this command's (e.g. rows added to an earlier study)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the planned runs (how many are already in DIR/results.jsonl, the new ones) and stop; "
+                        "loads no data and trains nothing")
     p.set_defaults(func=_cmd_robustness)
 
     # plot ----------------------------------------------------------------------------------------
@@ -494,10 +515,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _optimizer_from_args(args: argparse.Namespace, task_cls) -> Any:
-    from autosgm.experiments.optimizers import OptimizerConfig, recommended_lr
+    from autosgm.experiments.optimizers import MUON_LR_SCALE, OptimizerConfig, recommended_lr
 
     kind = args.optimizer
-    if kind in BASELINE_NAMES:
+    if kind in BASELINE_CHOICES:
+        if args.oracle != "element":
+            raise UsageError(f"--oracle applies to --optimizer autosgm, not {kind}")
         return _baseline_from_args(args, task_cls)
     sgd_like = kind in ("autosgm-nesterov", "autosgm-heavy-ball", "sgd") or args.constant_oracle
     if args.lr is not None:
@@ -512,10 +535,13 @@ def _optimizer_from_args(args: argparse.Namespace, task_cls) -> Any:
         wd = task_cls.default_sgd_weight_decay if sgd_like else task_cls.default_weight_decay
     common = dict(beta=args.beta, weight_decay=wd, schedule=args.schedule or "cosine")
     try:
+        if args.oracle != "element" and kind != "autosgm":
+            raise UsageError(f"--oracle applies to --optimizer autosgm, not {kind}")
         if kind == "autosgm":
+            matrix = {} if args.oracle == "element" else {"oracle": args.oracle, "matrix_lr_scale": MUON_LR_SCALE}
             return OptimizerConfig.autosgm(lr, args.numerator, args.gamma, beta_a=args.beta_a, eta=args.eta,
                                            debias=not args.no_debias, normalize=not args.constant_oracle,
-                                           decoupled=not args.constant_oracle, **common)
+                                           decoupled=not args.constant_oracle, **common, **matrix)
         if kind == "autosgm-nesterov":
             return OptimizerConfig.nesterov_point(lr, **common)
         if kind == "autosgm-heavy-ball":
@@ -601,17 +627,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from autosgm.experiments.tasks import get_task_class
 
     cls = get_task_class(args.task)
-    baselines = _names(args.baselines, "--baselines", BASELINE_NAMES)
+    baselines = _names(args.baselines, "--baselines", BASELINE_CHOICES)
     numerators = _names(",".join(args.numerators), "--numerators", NUMERATOR_NAMES)
+    oracles = _names(",".join(args.oracles), "--oracles", ORACLE_NAMES)
     lr_for = dict(args.lr_for)
-    stray = sorted(set(lr_for) - set(NUMERATOR_NAMES) - set(BASELINE_NAMES))
+    stray = sorted(set(lr_for) - set(NUMERATOR_NAMES) - set(BASELINE_CHOICES))
     if stray:
         raise UsageError(f"--lr-for: {', '.join(stray)} is neither a numerator nor a baseline")
     try:
         configs = grid(
             numerators=numerators, gammas=args.gammas, lrs=args.lrs or [cls.default_lr],
             numerator_lrs={k: v for k, v in lr_for.items() if k in NUMERATOR_NAMES},
-            baseline_lrs={k: v for k, v in lr_for.items() if k in BASELINE_NAMES},
+            baseline_lrs={k: v for k, v in lr_for.items() if k in BASELINE_CHOICES}, oracles=oracles,
             beta=args.beta, beta_a=args.beta_a,
             weight_decay=cls.default_weight_decay if args.weight_decay is None else args.weight_decay,
             baselines=baselines, sgd_lrs=args.sgd_lrs or [cls.default_sgd_lr],
@@ -652,7 +679,7 @@ def _names(text: str, option: str, allowed: Sequence[str]) -> list[str]:
     names = _str_list(text)
     unknown = [n for n in names if n not in allowed]
     if unknown:
-        kind = "numerator" if option == "--numerators" else "name"
+        kind = {"--numerators": "numerator", "--oracles": "oracle"}.get(option, "name")
         raise UsageError(f"{option}: unknown {kind} {unknown[0]!r}; choose from {', '.join(allowed)}")
     return names
 
@@ -663,24 +690,27 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
 
     cls = get_task_class(args.task)
     numerators = _names(",".join(args.numerators), "--numerators", NUMERATOR_NAMES)
-    baselines = _names(args.baselines, "--baselines", BASELINE_NAMES)
+    baselines = _names(args.baselines, "--baselines", BASELINE_CHOICES)
+    oracles = _names(",".join(args.oracles), "--oracles", ORACLE_NAMES)
     try:
         configs = robustness.robustness_grid(
-            cls, numerators=numerators, gammas=args.gammas, baselines=baselines, points=args.points,
+            cls, numerators=numerators, gammas=args.gammas, baselines=baselines, oracles=oracles, points=args.points,
             span=args.span, centres=dict(args.centres), weight_decay=args.weight_decay,
             sgd_weight_decay=args.sgd_weight_decay, beta=args.beta, beta_a=args.beta_a,
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    _require(configs)
     out = Path(args.out) if args.out else Path("runs") / f"robustness-{args.task}"
     paths = robustness.output_paths(out)
+    if args.dry_run:
+        return _plan_robustness(args, cls, configs, paths["results"])
+    _require(configs)
     _check_outputs({f"the study's {what.replace('_', ' ')}": path for what, path in paths.items()})
     task = _make_task(args)
     print(f"{task.name} ({args.preset} preset; {_describe(task)}), device {task.device}: "
           f"{len(configs) // args.points} optimizers × {args.points} learning rates × {len(args.seeds)} seeds")
     result = robustness.run_robustness(task, configs, args.seeds, out, tolerances=args.tolerances,
-                                       progress=not args.quiet)
+                                       progress=not args.quiet, report_all=args.report_all)
     summary = result.summary
     print()
     print(robustness.format_profiles(result.profiles))
@@ -690,6 +720,29 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     if result.profiles:
         for what in ("table", "lr_figure", "curves_figure"):
             print(f"{what.replace('_', ' ')}: {paths[what]}")
+    return 0
+
+
+def _plan_robustness(args: argparse.Namespace, cls: Any, configs: list[Any], results: Path) -> int:
+    """``robustness --dry-run``: the study's runs, those already in the result file, and the new ones by
+    optimizer; nothing is loaded, trained or written."""
+    import dataclasses
+    from collections import Counter
+
+    from autosgm.experiments.results import completed_keys, run_key
+
+    try:
+        settings = dataclasses.asdict(cls.make_settings(args.preset, _overrides(args)))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    done = completed_keys(results) if results.is_file() else set()
+    jobs = [(cfg, run_key(cls.name, settings, cfg.key(), seed)) for seed in args.seeds for cfg in configs]
+    new = Counter(cfg.display for cfg, key in jobs if key not in done)
+    print(f"{cls.name} ({args.preset} preset): {len(configs) // args.points} optimizers × {args.points} learning "
+          f"rates × {len(args.seeds)} seeds = {len(jobs)} runs, {len(jobs) - sum(new.values())} already in "
+          f"{results}, {sum(new.values())} to run")
+    for label, count in new.items():
+        print(f"  {label}: {count} new runs")
     return 0
 
 

@@ -2,8 +2,9 @@
 
 In every panel the AutoSGM runs at that γ are drawn as the mean over seeds with a ±1 standard
 deviation band — red for the unity numerator (the Adam-like baseline of the study), blue for a
-partial-correlation (``parcor-*``) numerator, green for ``corr`` — and the baselines (torch AdamW,
-torch SGD-Nesterov, AutoSGM's constant-oracle points) as dashed lines.
+partial-correlation (``parcor-*``) numerator, green for ``corr``; dotted and labelled "(matrix)" with
+the matrix oracle — and the baselines (torch AdamW, torch SGD-Nesterov, AutoSGM's constant-oracle
+points) as dashed lines.
 
 When the results hold several learning rates of the same configuration, each configuration is drawn
 at the given ``lr`` if it was run there, otherwise at its best learning rate (lowest mean final
@@ -36,6 +37,11 @@ def _color(numerator: str) -> str:
     if numerator.startswith("parcor"):
         return COLORS["parcor"]
     return COLORS.get(numerator, "#ff7f0e")
+
+
+def _matrix(group: Group) -> bool:
+    """An AutoSGM point with the matrix oracle (drawn dotted, labelled "(matrix)")."""
+    return group.optimizer.get("oracle", "element") == "matrix"
 
 
 def _score(group: Group, metric: str) -> float:
@@ -147,13 +153,13 @@ def grid_figure(
     limits: list[list[float]] = [[], []]
     last_step = 0
     for col, gamma in enumerate(gammas):
-        members = sorted(columns.get(gamma, []), key=lambda g: (g.numerator != "unity", g.numerator))
+        members = sorted(columns.get(gamma, []), key=lambda g: (_matrix(g), g.numerator != "unity", g.numerator))
         for row, split in enumerate(("train", "val")):
             ax = axes[row][col]
             column = f"{split}_{metric}"
             for g in members:
-                label = g.numerator + (f", lr={g.lr:g}" if several_lrs else "")
-                steps, mean = draw(ax, g, column, _color(g.numerator), "-", label)
+                label = g.numerator + (" (matrix)" if _matrix(g) else "") + (f", lr={g.lr:g}" if several_lrs else "")
+                steps, mean = draw(ax, g, column, _color(g.numerator), ":" if _matrix(g) else "-", label)
                 limits[row].extend(_window_values(steps, mean))
                 last_step = max(last_step, int(steps[-1]) if len(steps) else 0)
             for g in baselines:

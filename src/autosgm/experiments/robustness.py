@@ -31,8 +31,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .._files import check_output_file, save_figure, write_text
 from .optimizers import (
+    ALL_BASELINES,
     BASELINES,
+    MUON_LR_SCALE,
     NUMERATORS,
+    ORACLES,
     OptimizerConfig,
     baseline_config,
     recommended_lr,
@@ -47,6 +50,7 @@ from .tasks.base import Task
 __all__ = [
     "DEFAULT_GAMMAS",
     "DEFAULT_NUMERATORS",
+    "DEFAULT_ORACLES",
     "DEFAULT_POINTS",
     "DEFAULT_SPAN",
     "OUTPUT_FILES",
@@ -67,6 +71,9 @@ __all__ = [
 #: AutoSGM points of the study by default: red (unity) and blue (partial correlation), at γ = 0 and NAG.
 DEFAULT_NUMERATORS = ("unity", "parcor-markov", "parcor-bounded")
 DEFAULT_GAMMAS: tuple[float | str, ...] = (0.0, "nag")
+#: AutoSGM's oracles in the study by default: the element-wise one (``"matrix"`` adds the matrix oracle's
+#: rows, each numerator × γ, with the matrix step scaled to AdamW's update RMS, :data:`~.optimizers.MUON_LR_SCALE`).
+DEFAULT_ORACLES = ("element",)
 #: Learning rates per optimizer and the ratio of the largest to the smallest (10^2.5 ≈ 316).
 DEFAULT_POINTS = 11
 DEFAULT_SPAN = 10**2.5
@@ -77,7 +84,7 @@ TOLERANCES = (0.02, 0.10, 0.25)
 OUTPUT_FILES = {"results": "results.jsonl", "table": "table.md", "lr_figure": "lr.png", "curves_figure": "curves.png"}
 
 _BASELINE_COLORS = {"adamw": "#000000", "sgd": "#7f7f7f", "prodigy": "#9467bd", "schedulefree-adamw": "#2ca02c",
-                    "dadapt-adam": "#8c564b", "lion": "#ff7f0e"}  # fmt: skip
+                    "dadapt-adam": "#8c564b", "lion": "#ff7f0e", "muon": "#e377c2"}  # fmt: skip
 _NUMERATOR_COLORS = {"unity": "#d62728", "parcor-markov": "#1f77b4", "parcor-bounded": "#17becf",
                      "parcor-maxbound": "#393b79", "parcor-chebyshev": "#6b6ecf", "corr": "#2ca02c"}  # fmt: skip
 
@@ -111,6 +118,7 @@ def robustness_grid(
     numerators: Sequence[str] = DEFAULT_NUMERATORS,
     gammas: Sequence[float | str] = DEFAULT_GAMMAS,
     baselines: Sequence[str] = BASELINES,
+    oracles: Sequence[str] = DEFAULT_ORACLES,
     points: int = DEFAULT_POINTS,
     span: float = DEFAULT_SPAN,
     centres: Mapping[str, float] | None = None,
@@ -126,13 +134,22 @@ def robustness_grid(
     ``weight_decay`` is the decoupled decay of AutoSGM and AdamW (default: the task's); each baseline
     gets its own from it (:func:`~.optimizers.recommended_weight_decay`: Lion 3× more, SGD-Nesterov
     ``sgd_weight_decay``, coupled).
+
+    ``oracles`` are AutoSGM's oracles of every numerator × γ: ``"element"`` (the default) and/or
+    ``"matrix"`` (the weight matrices get ``M^(−1/2) V`` scaled to AdamW's update RMS, every other tensor
+    the element-wise step; same numerator, γ, decay and centre), the element-wise points first.
     """
+    unknown = [o for o in oracles if o not in ORACLES]
+    if unknown or len(set(oracles)) != len(oracles):
+        raise ValueError(f"oracles: {'unknown ' + str(unknown) if unknown else 'repeated'}; choose from {ORACLES}")
+    if numerators and not oracles:
+        raise ValueError("oracles must not be empty when numerators are given")
     unknown = [n for n in numerators if n not in NUMERATORS]
     if unknown:
         raise ValueError(f"numerators: unknown {unknown}; choose from {NUMERATORS}")
-    unknown = [b for b in baselines if b not in BASELINES]
+    unknown = [b for b in baselines if b not in ALL_BASELINES]
     if unknown:
-        raise ValueError(f"baselines: unknown {unknown}; choose from {BASELINES}")
+        raise ValueError(f"baselines: unknown {unknown}; choose from {ALL_BASELINES}")
     if not numerators and not baselines:
         raise ValueError("the study needs at least one numerator or baseline")
     if numerators and not gammas:
@@ -150,7 +167,9 @@ def robustness_grid(
         return lr_grid(centres.get(name, recommended_lr(name, task)), points, span)
 
     configs = [
-        OptimizerConfig.autosgm(lr, numerator=num, gamma=gamma, beta=beta, beta_a=beta_a, weight_decay=weight_decay)
+        OptimizerConfig.autosgm(lr, numerator=num, gamma=gamma, beta=beta, beta_a=beta_a, weight_decay=weight_decay,
+                                **_oracle_fields(oracle))
+        for oracle in oracles
         for num in numerators
         for gamma in gammas
         for lr in grid_of(num)
@@ -162,6 +181,11 @@ def robustness_grid(
     if len(set(keys)) != len(keys):
         raise ValueError("the study contains duplicate configurations (repeated numerators, gammas or baselines?)")
     return configs
+
+
+def _oracle_fields(oracle: str) -> dict[str, Any]:
+    """The fields of an AutoSGM point of the study under ``oracle`` (none for the element-wise one)."""
+    return {} if oracle == "element" else {"oracle": oracle, "matrix_lr_scale": MUON_LR_SCALE}
 
 
 # ------------------------------------------------------------------------------------------ the summary
@@ -371,11 +395,14 @@ def format_profiles(profiles: Sequence[LrProfile], *, markdown: bool = False) ->
 
 # ------------------------------------------------------------------------------------------ figures
 def _style(profile: LrProfile) -> dict[str, Any]:
-    """Colour by numerator or baseline (red = unity, blues = partial correlation), line by γ."""
+    """Colour by numerator or baseline (red = unity, blues = partial correlation), line by γ; the matrix
+    oracle's rows dotted (γ = 0) or dash-dotted, with diamonds and triangles."""
     opt = profile.groups[0].optimizer
     if profile.is_autosgm:
         color = _NUMERATOR_COLORS.get(str(opt.get("numerator")), "#e377c2")
         gamma = profile.groups[0].gamma_value
+        if opt.get("oracle", "element") == "matrix":
+            return {"color": color, "ls": ":" if gamma == 0 else (0, (5, 1, 1, 1)), "marker": "D" if gamma == 0 else "v"}
         return {"color": color, "ls": "-" if gamma == 0 else "--", "marker": "o" if gamma == 0 else "s"}
     return {"color": _BASELINE_COLORS.get(str(opt.get("name")), "#bcbd22"), "ls": "-.", "marker": "^"}
 
@@ -553,12 +580,17 @@ def run_robustness(
     tolerances: Sequence[float] = TOLERANCES,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    report_all: bool = False,
 ) -> RobustnessResult:
     """Run the study ``configs`` (from :func:`robustness_grid`) for every seed into
     ``out_dir/results.jsonl`` (resumable: finished runs are skipped), then write the table and the
     figures of its runs. Every output is checked before the first run
     (:class:`~autosgm._files.OutputPathError`), and every baseline's package
-    (:class:`~.optimizers.MissingBaselineError`)."""
+    (:class:`~.optimizers.MissingBaselineError`).
+
+    The table and the figures cover the runs of ``configs`` and ``seeds``; with ``report_all`` every run
+    of ``out_dir/results.jsonl`` with this task and these task settings (a study extended by later
+    commands, e.g. matrix-oracle rows added to an element-wise study)."""
     tolerances = _check_tolerances(tolerances)
     paths = output_paths(out_dir)
     _check_outputs(paths)
@@ -566,6 +598,10 @@ def run_robustness(
     require_optimizers(configs)
     summary = run_sweep(task, configs, seeds, paths["results"], progress=progress, log=log)
     keys = set(summary.ran) | set(summary.skipped)
-    records = [r for r in read_results(paths["results"]) if r["key"] in keys]
+    if report_all:
+        settings = task.settings_dict()
+        records = [r for r in read_results(paths["results"]) if r["task"] == task.name and r["settings"] == settings]
+    else:
+        records = [r for r in read_results(paths["results"]) if r["key"] in keys]
     profiles = write_report(records, paths, tolerances) if records else []
     return RobustnessResult(summary, profiles, paths)

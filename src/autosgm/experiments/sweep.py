@@ -17,9 +17,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from .._files import check_output_file
 from .optimizers import (
+    ALL_BASELINES,
     BASELINES,
     ESTIMATED_LR,
     LION_SCALE,
+    MUON_LR_SCALE,
+    ORACLES,
     SCHEDULEFREE_LR,
     OptimizerConfig,
     baseline_config,
@@ -65,6 +68,7 @@ def grid(
     sgd_weight_decay: float = 0.0,
     schedule: str = "cosine",
     baseline_lrs: Mapping[str, Sequence[float]] | None = None,
+    oracles: Sequence[str] = ("element",),
 ) -> list[OptimizerConfig]:
     """The optimizer configurations of a sweep, AutoSGM points first, then the baselines.
 
@@ -77,18 +81,27 @@ def grid(
     The baselines of :data:`BASELINES` run at ``baseline_lrs[name]`` when given, else at their
     recommended learning rates: AdamW at ``lrs``, SGD-Nesterov at ``sgd_lrs``, Lion at ``lrs`` divided
     by ``LION_SCALE``, Prodigy and D-Adapt Adam at 1, Schedule-Free AdamW at its default 2.5e-3
-    (with its warm-up and no schedule).
+    (with its warm-up and no schedule); Muon (``muon``, chosen by name only) at ``lrs``.
+
+    ``oracles``: AutoSGM's oracles of every point, ``"element"`` (the default) and/or ``"matrix"`` (the
+    weight matrices get the matrix oracle, its step scaled to AdamW's update RMS,
+    :data:`~.optimizers.MUON_LR_SCALE`), the element-wise points first.
     """
-    unknown = set(baselines) - set(BASELINES)
+    unknown = set(baselines) - set(ALL_BASELINES)
     if unknown:
-        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {ALL_BASELINES}")
+    bad = [o for o in oracles if o not in ORACLES]
+    if bad or not oracles or len(set(oracles)) != len(oracles):
+        raise ValueError(f"oracles must be distinct names from {ORACLES}, got {list(oracles)}")
     if not lrs:
         raise ValueError("lrs must not be empty")
     numerator_lrs = _lr_table("numerator_lrs", numerator_lrs, numerators, "numerators")
     baseline_lrs = _lr_table("baseline_lrs", baseline_lrs, baselines, "baselines")
     configs = [
         OptimizerConfig.autosgm(lr, numerator=num, gamma=gamma, beta=beta, beta_a=beta_a,
-                                weight_decay=weight_decay, schedule=schedule)
+                                weight_decay=weight_decay, schedule=schedule,
+                                **({} if oracle == "element" else {"oracle": oracle, "matrix_lr_scale": MUON_LR_SCALE}))
+        for oracle in oracles
         for num in numerators
         for lr in numerator_lrs.get(num, lrs)
         for gamma in gammas
@@ -118,7 +131,7 @@ def _lr_table(what: str, table: Mapping[str, Sequence[float]] | None, names: Seq
 
 def _default_baseline_lrs(name: str, lrs: Sequence[float], sgd_lrs: Sequence[float]) -> list[float]:
     """The learning rates of a baseline in a sweep at ``lrs`` (see :func:`grid`)."""
-    if name == "adamw":
+    if name in ("adamw", "muon"):
         return list(lrs)
     if name == "sgd-nesterov":
         return list(sgd_lrs)
