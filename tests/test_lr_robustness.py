@@ -185,6 +185,32 @@ def test_run_robustness_writes_everything_and_resumes(digits, tmp_path):
     assert paths["table"].read_text() == table  # the report comes from the recorded runs
 
 
+def test_a_process_that_finishes_while_another_still_runs_writes_no_report(digits, tmp_path, monkeypatch):
+    """Two processes share a study: the one that finishes first (runs of the other still busy) must
+    not write a table of part of the study; the last one, or a rerun, writes it with every run."""
+    import autosgm.experiments.robustness as robustness_mod
+    from autosgm.experiments.results import run_key
+
+    configs = robustness_grid(digits, numerators=["unity"], gammas=[0], baselines=[], points=2, span=10)
+    real_sweep = robustness_mod.run_sweep
+
+    def busy_sweep(task, cfgs, seeds, path, **kw):  # the other process holds the second seed's runs
+        summary = real_sweep(task, cfgs, [0], path, **kw)
+        settings = task.settings_dict()
+        summary.busy = [run_key(task.name, settings, c.key(), 1) for c in cfgs]
+        return summary
+
+    monkeypatch.setattr(robustness_mod, "run_sweep", busy_sweep)
+    lines = []
+    first = run_robustness(digits, configs, [0, 1], tmp_path / "study", progress=False, log=lines.append)
+    paths = output_paths(tmp_path / "study")
+    assert first.profiles == [] and not paths["table"].exists() and not paths["lr_figure"].exists()
+    assert any("still running in another process" in line for line in lines)
+    monkeypatch.setattr(robustness_mod, "run_sweep", real_sweep)
+    last = run_robustness(digits, configs, [0, 1], tmp_path / "study", progress=False, log=None)
+    assert paths["table"].is_file() and last.profiles[0].seeds == 2
+
+
 def test_outputs_are_checked_before_the_first_run(digits, tmp_path, monkeypatch):
     import autosgm.experiments.sweep as sweep_mod
 

@@ -43,7 +43,7 @@ from .optimizers import (
     require_optimizers,
 )
 from .report import Group, family_key, group_runs
-from .results import read_results
+from .results import completed_keys, read_results
 from .sweep import SweepSummary, run_sweep
 from .tasks.base import Task
 
@@ -597,7 +597,13 @@ def run_robustness(
     configs = list(configs)
     require_optimizers(configs)
     summary = run_sweep(task, configs, seeds, paths["results"], progress=progress, log=log)
-    keys = set(summary.ran) | set(summary.skipped)
+    unfinished = set(summary.busy) - completed_keys(paths["results"])
+    if unfinished:  # another process still runs them: the last one to finish writes the report
+        if log is not None:
+            log(f"{len(unfinished)} run(s) of this study are still running in another process; the table and "
+                "the figures are written by the process that finishes last (or run this command again)")
+        return RobustnessResult(summary, [], paths)
+    keys = set(summary.ran) | set(summary.skipped) | set(summary.busy)
     if report_all:
         settings = task.settings_dict()
         records = [r for r in read_results(paths["results"]) if r["task"] == task.name and r["settings"] == settings]
