@@ -181,10 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         print(bench_step.table(s, entries), flush=True)
         targets += target_lines(s, entries)
         del entries
-    print("\n## target\n")
-    print("| set | ratio | measured | target | verdict |")
-    print("|---|---|---:|---:|---|")
-    print("\n".join(targets))
+    bench_step.print_targets(targets, "target")
 
 
 if __name__ == "__main__":

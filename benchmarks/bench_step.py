@@ -310,10 +310,15 @@ def main(argv: list[str] | None = None,
         targets += target_lines(s, entries)
         del entries
     if targets:
-        print("\n## targets\n")
-        print("| set | ratio | measured | target | verdict |")
-        print("|---|---|---:|---:|---|")
-        print("\n".join(targets))
+        print_targets(targets)
+
+
+def print_targets(targets: list[str], heading: str = "targets") -> None:
+    """The target lines of the sets (from :func:`target_lines`) as one Markdown table."""
+    print(f"\n## {heading}\n")
+    print("| set | ratio | measured | target | verdict |")
+    print("|---|---|---:|---:|---|")
+    print("\n".join(targets))
 
 
 if __name__ == "__main__":
