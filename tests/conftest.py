@@ -37,5 +37,15 @@ def torch_muon():
 @pytest.fixture
 def torch_muon_in_float32(monkeypatch):
     """torch's Muon casts to bfloat16 (on every device); redirect that cast to a float32 copy, so that
-    its Newton–Schulz runs in float32 (test-only: the cast is ``Tensor.bfloat16``)."""
+    its Newton–Schulz runs in float32. Test-only. The cast is ``Tensor.bfloat16()`` in torch 2.13 and
+    ``.to(dtype=torch.bfloat16, copy=True)`` in 2.15: the first is patched on the tensor class, the
+    second by giving torch's Muon module a ``torch`` whose ``bfloat16`` is float32."""
+    import types
+
+    import torch.optim._muon as muon_module
+
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self: self.to(torch.float32, copy=True))
+    float32_torch = types.ModuleType("torch")
+    float32_torch.__dict__.update(torch.__dict__)
+    float32_torch.bfloat16 = torch.float32
+    monkeypatch.setattr(muon_module, "torch", float32_torch)
