@@ -36,8 +36,6 @@ bfloat16 matrix product (AMX, AVX512-BF16) they separate the cost of the dtype f
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from pathlib import Path
 from typing import Callable
@@ -160,10 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.prime and args.device == "cpu":
         bench_step.prime_allocator()
 
-    print(f"# bench_matrix: torch {torch.__version__}, Python {platform.python_version()}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-          f"device {args.device}")  # fmt: skip
-    print("command: python benchmarks/bench_matrix.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    bench_step.print_header("bench_matrix", args.device, argv)
     targets = []
     for s in sets:
         reps = args.reps or max(2, REPS.get(s, 12) // (3 if args.quick else 1))

@@ -297,10 +297,7 @@ def main(argv: list[str] | None = None,
 
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_step_inductor_")
 
-    print(f"# bench_step: torch {torch.__version__}, Python {platform.python_version()}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-          f"device {args.device}")  # fmt: skip
-    print("command: python benchmarks/bench_step.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print_header("bench_step", args.device, argv)
     targets = []
     for s in sets:
         reps = args.reps or {"mlp": 60, "transformer": 12, "small": 30}[s] // (3 if args.quick else 1)
@@ -311,6 +308,14 @@ def main(argv: list[str] | None = None,
         del entries
     if targets:
         print_targets(targets)
+
+
+def print_header(script: str, device: str, argv: list[str] | None) -> None:
+    """The run's first lines: the script, torch, Python, machine, threads and device, the command."""
+    print(f"# {script}: torch {torch.__version__}, Python {platform.python_version()}, "
+          f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+          f"device {device}")  # fmt: skip
+    print(f"command: python benchmarks/{script}.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 
 
 def print_targets(targets: list[str], heading: str = "targets") -> None:

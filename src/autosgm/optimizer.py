@@ -550,13 +550,13 @@ class AutoSGM(Optimizer):
         CPU, :mod:`autosgm.packing`) or compiled (:mod:`autosgm.fused`).
         """
         F = 1.0
-        matrices = [p for p in params if gets_matrix_step(p, cfg)] if cfg.oracle == "matrix" else []
+        matrices = {p for p in params if gets_matrix_step(p, cfg)} if cfg.oracle == "matrix" else set()
         # the reference path; weight matrices with the matrix oracle take it whatever the group's path
-        for p in params if path == "single" else matrices:
+        for p in params if path == "single" else [p for p in params if p in matrices] if matrices else ():
             w, g = _real(p), _real(p.grad)
             state = self._init_state(p, w, cfg)
             state["step"] += 1
-            matrix = bool(matrices) and gets_matrix_step(p, cfg)
+            matrix = p in matrices
             if self._trajectory_hooks:
                 F = _recorded_step(w, g, state, cfg, mu, self._record_fn(group, w), matrix)
                 continue
@@ -570,7 +570,7 @@ class AutoSGM(Optimizer):
             self._plans.pop(gi, None)  # its step counts may now differ
             return F
         if matrices:
-            params = [p for p in params if not gets_matrix_step(p, cfg)]
+            params = [p for p in params if p not in matrices]
             if not params:
                 return F
         plan = _group_cache(self, gi, group, params, cfg, path == "fused")

@@ -755,18 +755,13 @@ def baseline_config(name: str, lr: float, *, weight_decay: float = 0.0, beta: fl
     window: cosine, none (``"constant"``) for Schedule-Free AdamW, which refuses any other.
     """
     window = {} if schedule is None else {"schedule": schedule}
-    if name == "adamw":
-        return OptimizerConfig.torch_adamw(lr, weight_decay=weight_decay, beta=beta, beta_a=beta_a, **window)
+    adam_like = {"adamw": OptimizerConfig.torch_adamw, "prodigy": OptimizerConfig.prodigy,
+                 "dadapt-adam": OptimizerConfig.dadapt_adam, "schedulefree-adamw": OptimizerConfig.schedulefree_adamw,
+                 "muon": OptimizerConfig.muon}  # fmt: skip
+    if name in adam_like:
+        return adam_like[name](lr, weight_decay=weight_decay, beta=beta, beta_a=beta_a, **window)
     if name == "sgd-nesterov":
         return OptimizerConfig.torch_sgd_nesterov(lr, momentum=beta, weight_decay=weight_decay, **window)
-    if name == "prodigy":
-        return OptimizerConfig.prodigy(lr, weight_decay=weight_decay, beta=beta, beta_a=beta_a, **window)
-    if name == "dadapt-adam":
-        return OptimizerConfig.dadapt_adam(lr, weight_decay=weight_decay, beta=beta, beta_a=beta_a, **window)
-    if name == "schedulefree-adamw":
-        return OptimizerConfig.schedulefree_adamw(lr, weight_decay=weight_decay, beta=beta, beta_a=beta_a, **window)
     if name == "lion":
         return OptimizerConfig.lion(lr, weight_decay=weight_decay, beta=beta, **window)
-    if name == "muon":
-        return OptimizerConfig.muon(lr, weight_decay=weight_decay, beta=beta, beta_a=beta_a, **window)
     raise ValueError(f"name must be one of {ALL_BASELINES}, got {name!r}")
