@@ -255,7 +255,8 @@ class _ForeachOps:
         return torch._foreach_sqrt(x)
 
     @staticmethod
-    def abs(x):
+    def abs(x, out=None):
+        """``|x|``, a new list (``out``, where another set writes the result, is not used)."""
         return torch._foreach_abs(x)
 
     @staticmethod
@@ -335,6 +336,10 @@ class _FusedOps(_TensorOps):
     @staticmethod
     def sqrt(x: Tensor) -> Tensor:
         return torch.sqrt(x)
+
+    @staticmethod
+    def abs(x: Tensor, out: Tensor | None = None) -> Tensor:
+        return torch.abs(x)  # (inductor plans the buffers: ``out`` is not used)
 
     @staticmethod
     def average_(x: Tensor, y: Any, weight: Any) -> None:

@@ -149,8 +149,8 @@ class ArenaOps(_TensorOps):
     def sqrt(self, x):
         return torch.sqrt(x, out=self._out(x))
 
-    def abs(self, x):
-        return torch.abs(x, out=self._out(x))
+    def abs(self, x, out=None):
+        return torch.abs(x, out=self._out(x) if out is None else out)
 
     def minimum(self, x, y: float):
         return torch.clamp_max(x, y, out=self._out(x))

@@ -354,7 +354,7 @@ PARCOR = {
 def partial_correlation(ops, st: dict[str, Any], w: TensorLike, vbar: TensorLike, cfg: AutoSGMConfig) -> TensorLike:
     """``a = cap(|c|)`` with the accumulator ``c ← β_n c + x``, ``x = prefilter(w · v̄)``."""
     prefilter, cap = PARCOR[cfg.numerator]
-    c, bn = st["num_c"], cfg.beta_n
+    c, bn, x = st["num_c"], cfg.beta_n, None
     if prefilter is None:
         ops.mul_(c, bn)
         ops.addcmul_(c, w, vbar, 1.0)  # c ← β_n c + w v̄
@@ -362,7 +362,7 @@ def partial_correlation(ops, st: dict[str, Any], w: TensorLike, vbar: TensorLike
         x = ops.mul(w, vbar)
         prefilter(ops, st, x, cfg)
         ops.scale_add_(c, bn, x)  # c ← β_n c + x
-    a = ops.abs(c)
+    a = ops.abs(c, out=x)  # a = |c| (in x's memory where there is an x: x is spent once it is in c)
     cap(ops, st, w, a, cfg)
     return a
 
