@@ -140,10 +140,10 @@ FOREACH_TOL32 = 1e6
 def cpu_form(request, monkeypatch):
     """Both forms of the multi-tensor path on the CPU: tensor by tensor and pack by pack with a
     workspace (the default), and ``torch._foreach_*`` over lists (the form of other devices)."""
-    import autosgm.optimizer
+    import autosgm.plan
 
     if request.param == "lists":
-        monkeypatch.setattr(autosgm.optimizer, "uses_cpu_layout", lambda *args: False)
+        monkeypatch.setattr(autosgm.plan, "uses_cpu_layout", lambda *args: False)
     return request.param
 
 
@@ -162,11 +162,11 @@ def test_foreach_equals_single_tensor(name, cpu_form):
 @pytest.mark.parametrize("name", ["adam", "nesterov", "parcor-chebyshev-tensor", "parcor-markov-element", "corr-tensor"])
 def test_foreach_in_sub_lists_equals_single_tensor(name, monkeypatch):
     """The multi-tensor path runs the stages on sub-lists of a bucket (for cache locality)."""
-    import autosgm.optimizer
+    import autosgm.plan
 
-    monkeypatch.setattr(autosgm.optimizer, "FOREACH_CHUNK", 20)  # a few tensors per sub-list
-    monkeypatch.setattr(autosgm.optimizer, "FOREACH_CHUNK_PLAIN", 20)
-    monkeypatch.setattr(autosgm.optimizer, "uses_cpu_layout", lambda *args: False)
+    monkeypatch.setattr(autosgm.plan, "FOREACH_CHUNK", 20)  # a few tensors per sub-list
+    monkeypatch.setattr(autosgm.plan, "FOREACH_CHUNK_PLAIN", 20)
+    monkeypatch.setattr(autosgm.plan, "uses_cpu_layout", lambda *args: False)
     ref = run(CASES[name], dict(foreach=False))
     got = run(CASES[name], dict(foreach=True))
     assert worst_difference(got, ref, tol32=FOREACH_TOL32)[0] <= 1e-12

@@ -3,8 +3,6 @@ r"""The :class:`AutoSGM` optimizer."""
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -13,12 +11,14 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from .ops import FOREACH_OPS, TENSOR_OPS, plain_value
+from .ops import FOREACH_OPS, TENSOR_OPS
 from . import matrix as _matrix
-from .step import (MATRIX_NUMERATOR_BUFFERS, NUMERATOR_BUFFERS, PER_TENSOR_STATS, gets_matrix_step, matrix_step,
-                   step_scalars, state_dtype, tensor_step)
-from .fused import FusedLayout, fused_step
-from .packing import CpuLayout, chunks_by_size, cpu_step, pack_scalars
+from .step import gets_matrix_step, matrix_step, step_scalars, state_dtype, tensor_step
+from .fused import fused_step
+from .packing import cpu_step
+from .plan import GroupPlan, ParamState, group_plan
+from .state import (buffer_layout, buffer_shapes, buffer_structure, correlation_start, filter_conversion,
+                    normalize_steps, real_view, state_mismatch, step_tensor)
 from .config import SEED_KEYS, ZERO_TENSOR_START, AutoSGMConfig, check_lr, numerator_name, parse_seed_tuples
 from .design import nesterov_eta, nesterov_gamma
 from .windows import Window
@@ -78,10 +78,6 @@ STATE_FORMAT = 2
 #: another optimizer's. Other extra keys, such as a scheduler's ``initial_lr``, are kept as torch does.
 _FOREIGN_SETTINGS = frozenset({"amsgrad", "capturable", "dampening", "differentiable", "history_size", "momentum",
                                "nesterov"})
-#: Every name a parameter's state may hold.
-_STATE_NAMES = frozenset({"step", "filter_state", "moment", "matrix_m", "num_a"}).union(*NUMERATOR_BUFFERS.values())
-#: The numerator whose buffers (besides ``num_a``) are exactly these.
-_NUMERATOR_OF_BUFFERS = {frozenset(names): name for name, names in NUMERATOR_BUFFERS.items()}
 #: Devices and parameter dtypes the fused path compiles for.
 FUSED_DEVICES = ("cpu", "cuda")
 _FUSED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
@@ -247,7 +243,7 @@ class AutoSGM(Optimizer):
         self._cfg_cache: dict[int, tuple[tuple, AutoSGMConfig]] = {}
         #: Per group index: the multi-tensor and fused paths' plan (buckets, packed state), kept while
         #: the group's parameters with gradients, settings, path and state object stay the same.
-        self._plans: dict[int, _GroupCache] = {}
+        self._plans: dict[int, GroupPlan] = {}
         #: Per group index: (group, the configuration its state was last stepped or loaded with).
         self._state_configs: dict[int, tuple[dict[str, Any], AutoSGMConfig]] = {}
         self._trajectory_hooks: OrderedDict[int, Callable[..., None]] = OrderedDict()
@@ -361,7 +357,7 @@ class AutoSGM(Optimizer):
         for group in self.param_groups:
             for key, value in DEFAULTS.items():
                 group.setdefault(key, value)
-        _normalize_steps(self.state.values())
+        normalize_steps(self.state.values())
         if not self.__dict__.get("_loading"):
             self._upgrade_state_format()
             self._record_state_configs()
@@ -420,8 +416,8 @@ class AutoSGM(Optimizer):
             dtype = state_dtype(w.dtype)
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             matrix = gets_matrix_step(p, cfg)
-            shapes = _buffer_shapes(cfg, p)
-            for name, kind in _buffer_layout(cfg, matrix).items():
+            shapes = buffer_shapes(cfg, p)
+            for name, kind in buffer_layout(cfg, matrix).items():
                 if kind == "element":
                     state[name] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
                 else:
@@ -509,16 +505,16 @@ class AutoSGM(Optimizer):
         old = record[1] if record is not None and record[0] is group else None
         if old is cfg:
             return None
-        if old is None or _structure(old) != _structure(cfg):
+        if old is None or buffer_structure(old) != buffer_structure(cfg):
             self._check_group_state(gi, group, cfg)
             return None  # the state holds the new buffers: it was made (or replaced) with these settings
-        return _filter_conversion(old, cfg)
+        return filter_conversion(old, cfg)
 
     def _check_group_state(self, gi: int, group: dict[str, Any], cfg: AutoSGMConfig) -> None:
         """Refuse a step whose settings need other buffers than the group's state holds."""
         for p in group["params"]:
             state = self.state.get(p)
-            problem = _state_mismatch(state, cfg, p) if state else None
+            problem = state_mismatch(state, cfg, p) if state else None
             if problem is not None:
                 raise ValueError(
                     f"param group {gi}: {problem}; the settings changed after the group's state was created, "
@@ -553,7 +549,7 @@ class AutoSGM(Optimizer):
         matrices = {p for p in params if gets_matrix_step(p, cfg)} if cfg.oracle == "matrix" else set()
         # the reference path; weight matrices with the matrix oracle take it whatever the group's path
         for p in params if path == "single" else [p for p in params if p in matrices] if matrices else ():
-            w, g = _real(p), _real(p.grad)
+            w, g = real_view(p), real_view(p.grad)
             state = self._init_state(p, w, cfg)
             state["step"] += 1
             matrix = p in matrices
@@ -573,13 +569,13 @@ class AutoSGM(Optimizer):
             params = [p for p in params if p not in matrices]
             if not params:
                 return F
-        plan = _group_cache(self, gi, group, params, cfg, path == "fused")
+        plan = group_plan(self._plans, gi, group, params, cfg, path == "fused", self.state, self._init_state)
         grads = [p.grad for p in params]
         for b in plan.buckets:
             ws = b.params
             gs = grads if b.index is None else [grads[i] for i in b.index]
             if b.complex:
-                ws, gs = [_real(w) for w in ws], [_real(g) for g in gs]
+                ws, gs = [real_view(w) for w in ws], [real_view(g) for g in gs]
             b.steps.add_(1.0)
             scalars, F = step_scalars(cfg, int(b.steps[0]), mu)
             if b.layout is not None:
@@ -667,7 +663,7 @@ class AutoSGM(Optimizer):
                 state = states.get(pid)
                 if not state:
                     continue
-                problem = _state_mismatch(state, cfg, p)
+                problem = state_mismatch(state, cfg, p)
                 if problem is not None:
                     raise ValueError(f"the state_dict does not fit param group {i}, parameter {j}: {problem}")
 
@@ -700,7 +696,7 @@ class AutoSGM(Optimizer):
             state = self.state[p]
             for key, value in saved.items():
                 if key == "step":
-                    state[key] = _step_tensor(value, copy=True)
+                    state[key] = step_tensor(value, copy=True)
                 elif isinstance(value, Tensor) and p.is_floating_point() and value.is_floating_point():
                     dtype = state_dtype(p.dtype)
                     if dtype != p.dtype:
@@ -768,189 +764,6 @@ def _check_fused_support(params: list[Tensor]) -> None:
             )
 
 
-# ----------------------------------------------------------------------------------------------
-# the state's layout: which buffers a configuration keeps, and checks of a given state
-# ----------------------------------------------------------------------------------------------
-def _buffer_layout(cfg: AutoSGMConfig, matrix: bool = False) -> dict[str, str]:
-    """The buffers of a parameter's state under ``cfg`` (besides ``step``), each with its kind:
-    ``"element"`` (the parameter's shape), ``"tensor"`` (0-d, one value per tensor) or ``"matrix"``
-    (``n × n`` for a parameter viewed as ``n × m``, ``n ≤ m``). ``matrix``: the parameter is stepped
-    with the matrix oracle (:func:`~autosgm.step.gets_matrix_step`): no ``moment``; ``M`` when averaged."""
-    if matrix:
-        layout = {"filter_state": "element"} if cfg.has_filter_state else {}
-        if cfg.matrix_averaged:
-            layout["matrix_m"] = "matrix"
-        for name in MATRIX_NUMERATOR_BUFFERS[cfg.numerator]:
-            layout[name] = "matrix" if name == "num_c" else "tensor"
-        return layout
-    layout = {}
-    if cfg.has_filter_state:
-        layout["filter_state"] = "element"
-    if cfg.normalize:
-        layout["moment"] = "element"
-    per_tensor = cfg.numerator_mode == "tensor"
-    names = NUMERATOR_BUFFERS[cfg.numerator]
-    if per_tensor and cfg.numerator != "unity":
-        names = names + ("num_a",)
-    for name in names:
-        layout[name] = "tensor" if per_tensor and name in PER_TENSOR_STATS else "element"
-    return layout
-
-
-def _buffer_shapes(cfg: AutoSGMConfig, p: Tensor) -> dict[str, tuple[int, ...]]:
-    """The buffers of ``p``'s state under ``cfg`` (besides ``step``) with their shapes (:func:`_buffer_layout`)."""
-    matrix = gets_matrix_step(p, cfg)
-    n = min(p.shape[0], math.prod(p.shape[1:])) if matrix else 0
-    shapes = {"element": _state_shape(p), "tensor": (), "matrix": (n, n)}
-    return {name: shapes[kind] for name, kind in _buffer_layout(cfg, matrix).items()}
-
-
-def _structure(cfg: AutoSGMConfig) -> tuple:
-    """The settings that decide which buffers a group's state holds (see :func:`_buffer_layout`)."""
-    mode = cfg.numerator_mode if cfg.numerator != "unity" else None
-    matrix = (cfg.oracle, cfg.matrix_averaged) if cfg.oracle == "matrix" else None
-    return cfg.has_filter_state, cfg.normalize, cfg.numerator, mode, matrix
-
-
-def _filter_conversion(old: AutoSGMConfig, new: AutoSGMConfig) -> float | None:
-    """The factor that carries the filter buffer from ``old``'s form into ``new``'s, or None.
-
-    For γ = 0 the buffer is the filter's output ``v = η Σ βᵏ g``; for γ ≠ 0 the input's average
-    ``u = (1 − β) Σ βᵏ g`` (so ``u = v (1 − β)/η``).
-    """
-    if not (old.has_filter_state and new.has_filter_state) or (old.gamma == 0.0) == (new.gamma == 0.0):
-        return None
-    factor = (1.0 - old.beta) / old.eta if old.gamma == 0.0 else new.eta / (1.0 - new.beta)
-    return None if factor == 1.0 else factor
-
-
-def _real(t: Tensor) -> Tensor:
-    """``t``, or its real view when complex (a complex parameter is stepped as pairs of reals)."""
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
-def correlation_start(cfg: AutoSGMConfig, w: Tensor) -> float:
-    """Where the partial-correlation accumulator ``c`` of ``w`` starts: ``c₀ = zero_tensor_start``
-    when ``w`` is all zero, else 0 (spec §4).
-
-    ``x = w · v̄`` is 0 while ``w`` is, so from ``c = 0`` a zero-initialised tensor (biases, norm
-    shifts) would keep ``a = 0`` and never move. Started at ``c₀`` it steps with ``a ≈ c₀`` until
-    its own correlation takes over; a tensor with any non-zero weight starts at 0 and steps exactly
-    by the spec's formulas. Read once, when the state is created (for a sharded parameter, over the
-    whole tensor).
-    """
-    c0 = cfg.zero_tensor_start
-    if c0 == 0.0 or not cfg.numerator.startswith("parcor"):
-        return 0.0
-    return 0.0 if bool(plain_value(torch.count_nonzero(w))) else c0
-
-
-def _state_shape(p: Tensor) -> tuple[int, ...]:
-    """The shape of ``p``'s element-wise buffers (complex parameters are stepped as their real view)."""
-    return tuple(p.shape) + ((2,) if p.is_complex() else ())
-
-
-def _state_mismatch(state: Any, cfg: AutoSGMConfig, p: Tensor) -> str | None:
-    """Why the ``state`` of the parameter ``p`` cannot be stepped with ``cfg``, or None.
-
-    The reason names the setting that asks for other buffers, e.g. ``numerator (the state is that
-    of 'unity', the settings say 'corr')``.
-    """
-    if not isinstance(state, dict):
-        return f"the state is a {type(state).__name__}, not a dict of buffers"
-    foreign = sorted(str(k) for k in state if k not in _STATE_NAMES)
-    if foreign:
-        return f"the state holds buffers AutoSGM does not keep ({', '.join(foreign)}): is it another optimizer's state?"
-    if "step" not in state:
-        return "the state has no step count"
-    problem = _step_problem(state["step"])
-    if problem is not None:
-        return problem
-    have, want = set(state) - {"step"}, _buffer_shapes(cfg, p)
-    if gets_matrix_step(p, cfg) or "matrix_m" in have or ("num_c" in have and "moment" not in have):
-        settings = _matrix_state_mismatch(have, want, cfg, gets_matrix_step(p, cfg))
-        return settings or _buffer_mismatch(state, have, want)
-    settings = []
-    if ("filter_state" in have) != ("filter_state" in want):
-        settings.append("betas[0] and gamma (the state " + (
-            "holds a filter buffer, the settings β = γ = 0 keep none)" if "filter_state" in have
-            else "holds no filter buffer (β = γ = 0), the settings need one)"))  # fmt: skip
-    if ("moment" in have) != ("moment" in want):
-        settings.append(f"normalize (the state was made with normalize={'moment' in have}, "
-                        f"the settings say {cfg.normalize})")
-    numerator = _NUMERATOR_OF_BUFFERS.get(frozenset(have - {"filter_state", "moment", "num_a"}))
-    if numerator != cfg.numerator:
-        held = f"that of {numerator!r}" if numerator else "no numerator's buffers"
-        settings.append(f"numerator (the state is {held}, the settings say {cfg.numerator!r})")
-    elif numerator != "unity" and ("num_a" in have) != (cfg.numerator_mode == "tensor"):
-        mode = "tensor" if "num_a" in have else "element"
-        settings.append(f"numerator_mode (the state is per {mode}, the settings say {cfg.numerator_mode!r})")
-    if settings:
-        return "; ".join(settings)
-    return _buffer_mismatch(state, have, want)
-
-
-def _matrix_state_mismatch(have: set[str], want: dict[str, Any], cfg: AutoSGMConfig, matrix: bool) -> str | None:
-    """Which setting makes a matrix-oracle state (or a state for one) differ from ``cfg``'s, or None."""
-    made_matrix = "moment" not in have and ("matrix_m" in have or "num_c" in have or cfg.normalize)
-    if matrix != made_matrix:
-        return (f"oracle (the state is that of the {'matrix' if made_matrix else 'element-wise'} oracle, the "
-                f"settings give this tensor the {'matrix' if matrix else 'element-wise'} oracle)")  # fmt: skip
-    settings = []
-    if ("filter_state" in have) != ("filter_state" in want):
-        settings.append("betas[0] and gamma (the filter's memory differs)")
-    if ("matrix_m" in have) != ("matrix_m" in want):
-        settings.append(f"matrix_pole (the state {'holds' if 'matrix_m' in have else 'holds no'} average of V Vᵀ, "
-                        f"the settings say matrix_pole={cfg.matrix_pole})")  # fmt: skip
-    nums = have - {"filter_state", "matrix_m"}
-    if nums != set(want) - {"filter_state", "matrix_m"}:
-        settings.append(f"numerator (the state holds the numerator buffers {sorted(nums)}, the settings say "
-                        f"{cfg.numerator!r})")  # fmt: skip
-    return "; ".join(settings) or None
-
-
-def _buffer_mismatch(state: dict[str, Any], have: set[str], want: dict[str, tuple[int, ...]]) -> str | None:
-    """Why the buffers ``have`` of ``state`` are not those ``want``ed, with their shapes, or None."""
-    if have != set(want):
-        return f"the state holds the buffers {sorted(have)}, the settings need {sorted(want)}"
-    for name, need in want.items():
-        value = state[name]
-        if not isinstance(value, Tensor):
-            return f"{name} is a {type(value).__name__}, not a tensor"
-        if tuple(value.shape) != need:
-            return f"{name} has shape {tuple(value.shape)}, the parameter needs {need}"
-    return None
-
-
-def _step_problem(value: Any) -> str | None:
-    """Why ``value`` is not a step count (a whole number >= 0, as a number or a one-element tensor)."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            return f"step has {value.numel()} elements, not one"
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return f"step is {type(value).__name__} {value!r}, not a number"
-    if not (math.isfinite(value) and value >= 0 and float(value).is_integer()):
-        return f"step must be a whole number >= 0, got {value}"
-    return None
-
-
-def _step_tensor(value: Any, copy: bool = False) -> Tensor:
-    """A step count as the step keeps it: a 0-d float32 CPU tensor (``value`` itself if it is one)."""
-    if isinstance(value, Tensor):
-        if not copy and value.dtype == torch.float32 and value.device.type == "cpu" and value.dim() == 0:
-            return value
-        return value.detach().to(device="cpu", dtype=torch.float32, copy=True).reshape(())
-    return torch.tensor(float(value), dtype=torch.float32)
-
-
-def _normalize_steps(states: Iterable[Any]) -> None:
-    """Make every ``state["step"]`` a 0-d float32 CPU tensor (older checkpoints hold numbers)."""
-    for state in states:
-        if isinstance(state, dict) and "step" in state:
-            state["step"] = _step_tensor(state["step"])
-
-
 def _check_saved_group(i: int, cur: dict[str, Any], old: Any) -> None:
     """Refuse a saved param group that is not AutoSGM's or whose settings differ from ``cur``'s
     (``lr``, ``foreach`` and ``fused`` may differ)."""
@@ -1011,153 +824,6 @@ def _make_record(w, grad, v, d, a, cfg, mu, F, S, t) -> StepRecord:
         numerator=None if a is None else torch.as_tensor(a).clone(),
         lr=mu, window=F, debias=S, config=cfg,
     )  # fmt: skip
-
-
-class _Bucket:
-    """Tensors of one group sharing (device, dtype, step count), with their state gathered.
-
-    The step counters are packed: each ``state["step"]`` is a 0-d view of ``steps``, so one
-    ``add_`` counts a step for the whole bucket and one read gives ``t``. In the multi-tensor
-    path the per-tensor statistics (``numerator_mode="tensor"``) are packed the same way.
-
-    The bucket's plan is one of: ``layout`` (the fused path), ``cpu`` (the multi-tensor path of
-    a numerator on the CPU: tensor by tensor and pack by pack, :mod:`autosgm.packing`) or
-    ``chunks`` (``torch._foreach_*`` over sub-lists: the multi-tensor path otherwise).
-    """
-
-    __slots__ = ("index", "params", "complex", "steps", "chunks", "layout", "cpu", "dtype")
-
-    def __init__(self, index, params, states, cfg: AutoSGMConfig, fused: bool) -> None:
-        self.index = index  # positions in the group's list of parameters with gradients (None: all)
-        self.params = params
-        self.complex = torch.is_complex(params[0])
-        self.dtype = state_dtype(_real(params[0]).dtype)
-        self.steps = pack_scalars(states, "step")
-        names = [k for k in states[0] if k != "step"]
-        per_tensor = {k for k in names if cfg.numerator_mode == "tensor" and k in PER_TENSOR_STATS}
-        self.chunks = self.layout = self.cpu = None
-        plain = all(type(p.data) is torch.Tensor for p in params)  # (not DTensor shards)
-        if fused:
-            self.layout = FusedLayout(params, states, per_tensor, self.dtype, plain)
-            return
-        if uses_cpu_layout(params, cfg, plain):
-            self.cpu = CpuLayout(params, states, per_tensor, self.dtype)
-            return
-        buffers = {k: pack_scalars(states, k) if k in per_tensor else [st[k] for st in states] for k in names}
-        # the stage chain runs on a few tensors at a time, so that what one pass writes the next
-        # reads from cache; sub-lists are larger for a chain of two passes (fewer calls)
-        short = not cfg.normalize and cfg.numerator == "unity" and cfg.gamma == 0.0
-        chunk = FOREACH_CHUNK_PLAIN if short else FOREACH_CHUNK
-        self.chunks = []
-        for run in chunks_by_size(list(range(len(params))), [p.numel() for p in params], chunk):
-            sl = slice(run[0], run[-1] + 1)
-            self.chunks.append((sl, {k: v[sl] for k, v in buffers.items()}))
-
-
-#: Elements per sub-list of the multi-tensor path (a larger tensor forms a sub-list of its own);
-#: ``FOREACH_CHUNK_PLAIN`` for a chain of two passes (heavy ball, SGD: filter, then step; Nesterov's
-#: three passes read the gradient and the weights twice and gain from the smaller sub-lists).
-FOREACH_CHUNK = 1 << 18
-FOREACH_CHUNK_PLAIN = 1 << 20
-
-
-def uses_cpu_layout(params: list[Tensor], cfg: AutoSGMConfig, plain: bool) -> bool:
-    """Whether the multi-tensor path steps a bucket tensor by tensor and pack by pack with a reused
-    workspace (:mod:`autosgm.packing`) instead of ``torch._foreach_*`` over lists: a numerator's
-    chain on the CPU, for plain tensors (the ``unity`` chain has one temporary at most, as torch's
-    Adam, and keeps the lists, as other devices do)."""
-    return plain and cfg.numerator != "unity" and params[0].device.type == "cpu"
-
-
-class ParamState(dict):
-    """One parameter's state in ``optimizer.state``: a dict that tells the plan which gathered its
-    tensors (bucket lists, packs) when an entry is replaced, added or removed, so that the next
-    step rebuilds the plan from the tensors the dict then holds. The dicts in ``optimizer.state``
-    stay the state's one owner: a tensor replaced by hand is the one the next step updates.
-    Pickles (``torch.save``, ``copy.deepcopy``) as a plain dict.
-    """
-
-    __slots__ = ("plan",)
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.plan: _GroupCache | None = None
-
-    def _changed(self) -> None:
-        if self.plan is not None:
-            self.plan.stale = True
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self._changed()
-
-    def __delitem__(self, key: Any) -> None:
-        super().__delitem__(key)
-        self._changed()
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        super().update(*args, **kwargs)
-        self._changed()
-
-    def pop(self, *args: Any) -> Any:
-        self._changed()
-        return super().pop(*args)
-
-    def popitem(self) -> Any:
-        self._changed()
-        return super().popitem()
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        self._changed()
-        return super().setdefault(key, default)
-
-    def clear(self) -> None:
-        super().clear()
-        self._changed()
-
-    def __reduce__(self) -> tuple:
-        return dict, (dict(self),)
-
-
-class _GroupCache:
-    """What a group's multi-tensor step reuses while its parameters with gradients stay the same.
-
-    Rebuilt when that set, the group's settings or path, or the optimizer's state object
-    (``load_state_dict``) change, when an entry of one of its parameters' state dicts was replaced
-    (:class:`ParamState` marks it ``stale``), and after a reference-path step.
-    """
-
-    __slots__ = ("key", "group", "state", "cfg", "fused", "buckets", "stale")
-
-
-def _group_cache(opt: "AutoSGM", gi: int, group: dict[str, Any], params: list[Tensor],
-                 cfg: AutoSGMConfig, fused: bool) -> _GroupCache:  # fmt: skip
-    """The group's buckets, rebuilt when the set of parameters with gradients, the settings,
-    the path or the optimizer's state object (``load_state_dict``) changed."""
-    caches = opt._plans
-    key = tuple(map(id, params))
-    cache = caches.get(gi)
-    if (cache is not None and not cache.stale and cache.key == key and cache.group is group
-            and cache.state is opt.state and cache.cfg is cfg and cache.fused == fused):  # fmt: skip
-        return cache
-    cache = _GroupCache()
-    cache.key, cache.group, cache.state, cache.cfg, cache.fused = key, group, opt.state, cfg, fused
-    by_kind: dict[tuple, list[int]] = {}
-    states = []
-    for i, p in enumerate(params):
-        state = opt._init_state(p, _real(p), cfg)
-        states.append(state)
-        by_kind.setdefault((p.device, p.dtype, float(state["step"])), []).append(i)
-    cache.buckets = [
-        _Bucket(None if len(by_kind) == 1 else index, [params[i] for i in index],
-                [states[i] for i in index], cfg, fused)
-        for index in by_kind.values()
-    ]  # fmt: skip
-    for state in states:  # (after the buckets gathered and packed the state)
-        state.plan = cache
-    cache.stale = False
-    caches[gi] = cache
-    return cache
 
 
 _ATOMS = (float, int, bool, str, type(None))
