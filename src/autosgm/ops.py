@@ -214,7 +214,8 @@ class _ForeachOps:
     scale_shift_ = scale_add_
 
     @staticmethod
-    def div(x, y):
+    def div(x, y, out=None):
+        """``x / y``, a new list (``out``, where another set writes the result, is not used)."""
         return torch._foreach_div(x, _operand(y, x))
 
     @staticmethod
@@ -337,9 +338,14 @@ class _FusedOps(_TensorOps):
     def sqrt(x: Tensor) -> Tensor:
         return torch.sqrt(x)
 
+    # (inductor plans the buffers: ``out`` is not used)
+    @staticmethod
+    def div(x: Tensor, y: Any, out: Tensor | None = None) -> Tensor:
+        return torch.div(x, y)
+
     @staticmethod
     def abs(x: Tensor, out: Tensor | None = None) -> Tensor:
-        return torch.abs(x)  # (inductor plans the buffers: ``out`` is not used)
+        return torch.abs(x)
 
     @staticmethod
     def average_(x: Tensor, y: Any, weight: Any) -> None:

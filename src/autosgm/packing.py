@@ -143,8 +143,8 @@ class ArenaOps(_TensorOps):
     def mul(self, x, y):
         return torch.mul(x, y, out=self._out(x, y))
 
-    def div(self, x, y):
-        return torch.div(x, y, out=self._out(x, y))
+    def div(self, x, y, out=None):
+        return torch.div(x, y, out=self._out(x, y) if out is None else out)
 
     def sqrt(self, x):
         return torch.sqrt(x, out=self._out(x))

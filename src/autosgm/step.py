@@ -185,11 +185,13 @@ def tensor_step(
         # the numerator needs v̂/d = v/(S d): fold S into the denominator, d̃ = S d
         d = moment(ops, state["moment"], g, cfg, scalars, scaled=True)
         v = form(ops, v)
-        vbar = ops.div(v, d)  # v̄ = v̂ / d
         S = scalars.debias if cfg.debias else 1.0
-        a = numerator(ops, state, work, g, vbar, d, cfg, S)  # a ≈ E[w v̄] ...
+        gbar = ops.div(g, d) if cfg.numerator == "corr" else None  # g/d̃ (for corr only)
+        seen = ops.div(d, S) if record is not None else None  # d, for the record
+        vbar = ops.div(v, d, out=d)  # v̄ = v̂/d = v/d̃, in d̃'s memory (d̃ is not read again)
+        a = numerator(ops, state, work, gbar, vbar, cfg, S)  # a ≈ E[w v̄] ...
         if record is not None:
-            record(v, ops.div(d, S) if cfg.debias else d, a)
+            record(v, seen, a)
         apply_update(ops, work, v, None, a, cfg, scalars, vbar)  # w ← w − μF a (v̄ + ρ_d w)
     lowpass_finish(ops, s, g, cfg)
     if work is not w:
@@ -367,11 +369,10 @@ def partial_correlation(ops, st: dict[str, Any], w: TensorLike, vbar: TensorLike
     return a
 
 
-def mean_square(ops, st: dict[str, Any], g: TensorLike, d: TensorLike, cfg: AutoSGMConfig, debias: Any) -> TensorLike:
-    """``corr``: ``a = min(E[ḡ²], 1)``, ``E[ḡ²] ← β_n E + (1 − β_n) ḡ²``, ``ḡ = g / d``
-    (``d`` here is ``S·d``, so ``ḡ² = (S g / S d)²``)."""
+def mean_square(ops, st: dict[str, Any], gbar: TensorLike, cfg: AutoSGMConfig, debias: Any) -> TensorLike:
+    """``corr``: ``a = min(E[(g/d)²], 1)``, ``E ← β_n E + (1 − β_n) (g/d)²``; ``gbar`` is ``g / d̃`` with
+    ``d̃ = S·d`` (``S = debias``), so ``(g/d)² = S² gbar²``."""
     c, bn = st["num_c"], cfg.beta_n
-    gbar = ops.div(g, d)
     ops.mul_(c, bn)
     ops.addcmul_(c, gbar, gbar, (1.0 - bn) * debias * debias)
     return ops.minimum(c, 1.0)
@@ -381,15 +382,14 @@ def numerator(
     ops,
     st: dict[str, Any],
     w: TensorLike,
-    g: TensorLike,
+    gbar: TensorLike | None,
     vbar: TensorLike,
-    d: TensorLike | None,
     cfg: AutoSGMConfig,
     debias: Any = 1.0,
 ) -> Any:
     """Learning-rate numerator ``a[t]`` (spec §4) for ``cfg.numerator``; ``None`` for ``unity`` (a = 1).
 
-    ``x = w · v̄`` with ``v̄ = v̂ / d``; ``d`` here is ``S·d`` (``S = debias``; only ``corr`` reads
+    ``x = w · v̄`` with ``v̄ = v̂ / d``; ``gbar = g / (S·d)`` (``S = debias``; only ``corr`` reads
     it): :func:`partial_correlation` (prefilters :func:`markov_clip`, :func:`chebyshev_clip`; caps
     :func:`cap_one`, :func:`cap_weight`) or :func:`mean_square`. Per-tensor mode returns
     ``mean(a)`` smoothed by a pole-0.1 filter (one value per tensor); element-wise mode returns
@@ -398,7 +398,7 @@ def numerator(
     if cfg.numerator == "unity":
         return None
     if cfg.numerator == "corr":
-        a = mean_square(ops, st, g, d, cfg, debias)
+        a = mean_square(ops, st, gbar, cfg, debias)
     else:
         a = partial_correlation(ops, st, w, vbar, cfg)
     if cfg.numerator_mode != "tensor":
