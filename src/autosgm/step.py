@@ -9,7 +9,10 @@ its docstring. The stages compute with the element-wise primitives of an ``ops``
 caller passes (:mod:`autosgm.ops`): for one tensor they are torch's own functions, for a list of
 tensors ``torch._foreach_*`` kernels, inside ``torch.compile`` plain arithmetic, on a pack of
 small tensors the same with per-tensor quantities as vectors. Which one runs is the caller's
-business: the math here is written once and does not know.
+business: the math here is written once and does not know. Two results are written, with ``out=``,
+into a temporary of the step that is spent (v̄ into the denominator's, ``|c|`` into ``x``'s), each
+after its last reader; an ops set may ignore ``out`` (lists, compiled code), and the values do not
+depend on it.
 
 The step's scalars (``μF[t]``, ``S[t]``, the moment's debias) are computed once per step by
 :func:`step_scalars`: Python floats, or 0-d tensors in compiled code (new values are new data,
