@@ -22,6 +22,8 @@ from .packing import CpuLayout, chunks_by_size, pack_scalars
 from .state import real_view
 from .step import PER_TENSOR_STATS, state_dtype
 
+__all__ = ["FOREACH_CHUNK", "FOREACH_CHUNK_PLAIN", "Bucket", "GroupPlan", "ParamState", "group_plan", "uses_cpu_layout"]
+
 class Bucket:
     """Tensors of one group sharing (device, dtype, step count), with their state gathered.
 

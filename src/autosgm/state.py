@@ -20,6 +20,10 @@ from .config import AutoSGMConfig
 from .ops import plain_value
 from .step import MATRIX_NUMERATOR_BUFFERS, NUMERATOR_BUFFERS, PER_TENSOR_STATS, gets_matrix_step
 
+__all__ = ["STATE_NAMES", "NUMERATOR_OF_BUFFERS", "buffer_layout", "buffer_shapes", "buffer_structure",
+           "filter_conversion", "real_view", "correlation_start", "state_shape", "state_mismatch", "step_problem",
+           "step_tensor", "normalize_steps"]
+
 #: Every name a parameter's state may hold.
 STATE_NAMES = frozenset({"step", "filter_state", "moment", "matrix_m", "num_a"}).union(*NUMERATOR_BUFFERS.values())
 #: The numerator whose buffers (besides ``num_a``) are exactly these.
