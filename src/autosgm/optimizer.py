@@ -15,7 +15,7 @@ from .ops import FOREACH_OPS, TENSOR_OPS
 from . import matrix as _matrix
 from .step import gets_matrix_step, matrix_step, step_scalars, state_dtype, tensor_step
 from .fused import fused_step
-from .packing import cpu_step
+from .packing import cpu_work
 from .plan import GroupPlan, ParamState, group_plan
 from .state import (buffer_layout, buffer_shapes, buffer_structure, correlation_start, filter_conversion,
                     normalize_steps, real_view, state_mismatch, step_tensor)
@@ -581,7 +581,8 @@ class AutoSGM(Optimizer):
             if b.layout is not None:
                 fused_step(b.layout, ws, gs, cfg, scalars)
             elif b.cpu is not None:
-                cpu_step(b.cpu, ws, gs, cfg, scalars, b.dtype)
+                for ops, w, g, buffers in cpu_work(b.cpu, ws, gs, b.dtype):
+                    tensor_step(ops, w, g, buffers, cfg, scalars)
             else:
                 for sl, buffers in b.chunks:
                     tensor_step(FOREACH_OPS, ws[sl], gs[sl], buffers, cfg, scalars)

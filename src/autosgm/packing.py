@@ -11,8 +11,8 @@ both use it.
 single-tensor kernel, so a list buys no fewer kernels; what a list costs instead is memory: each
 new tensor of the stage chain is a list of fresh buffers as large as the whole bucket, whose
 pages the operating system must map and zero on every step, and which the next operation reads
-back from main memory. :func:`cpu_step` therefore runs the stage chain
-(:func:`~autosgm.step.tensor_step`) on one large tensor at a time, or on one pack of small
+back from main memory. :func:`cpu_work` therefore hands the stage chain
+(:func:`~autosgm.step.tensor_step`) one large tensor at a time, or one pack of small
 ones, with its temporaries taken from an :class:`Arena` that the bucket keeps:
 they are the same few cache-sized buffers on every tensor and every step. The element-wise
 arithmetic is that of the reference path (:class:`ArenaOps` only adds
@@ -22,17 +22,15 @@ arithmetic is that of the reference path (:class:`ArenaOps` only adds
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from .config import AutoSGMConfig
 from .ops import PerTensor, _PerTensorOps, _TensorOps, host_values
-from .step import StepScalars, tensor_step
 
 __all__ = ["ALONE", "PACK_CHUNK", "ARENA_KEEP", "Arena", "ArenaOps", "PackedArenaOps", "Pack", "CpuLayout",
-           "chunks_by_size", "cpu_step", "pack_scalars", "packable"]
+           "chunks_by_size", "cpu_work", "pack_scalars", "packable"]
 
 #: Tensors with at least this many elements are stepped alone; smaller ones are packed.
 ALONE = 1 << 16
@@ -289,15 +287,19 @@ class CpuLayout:
         self.arena = Arena(ws[0].device, ARENA_KEEP)
 
 
-def cpu_step(layout: CpuLayout, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGMConfig, scalars: StepScalars,
-             dtype: torch.dtype) -> None:  # fmt: skip
-    """One multi-tensor step of a bucket on the CPU; ``ws``/``gs`` are its parameters (real views)
-    and gradients, ``dtype`` the state's dtype."""
+def cpu_work(layout: CpuLayout, ws: list[Tensor], gs: list[Tensor], dtype: torch.dtype
+             ) -> Iterator[tuple[ArenaOps, Tensor, Tensor, dict[str, Any]]]:  # fmt: skip
+    """One multi-tensor step of a bucket on the CPU, as work for the caller: ``(ops, w, g, state)``
+    for each tensor stepped alone and each pack, which the caller steps with
+    :func:`~autosgm.step.tensor_step` before it asks for the next (a pack's weights are copied back
+    then). ``ws``/``gs`` are the bucket's parameters (real views) and gradients, ``dtype`` the
+    state's dtype. (The caller, not this function, calls the step: one package frame fewer between
+    ``optimizer.step()`` and the arithmetic.)"""
     arena = layout.arena
     ops = ArenaOps(arena)
     for i, bufs in layout.alone:
         arena.reset()
-        tensor_step(ops, ws[i], gs[i], bufs, cfg, scalars)
+        yield ops, ws[i], gs[i], bufs
     for pack in layout.packs:
         arena.reset()
         flat_w = arena.take((pack.numel,), dtype)
@@ -307,6 +309,6 @@ def cpu_step(layout: CpuLayout, ws: list[Tensor], gs: list[Tensor], cfg: AutoSGM
         torch._foreach_copy_(pieces_w, pw)
         torch._foreach_copy_(flat_g.split(pack.sizes), [gs[i].reshape(-1) for i in pack.index])
         pack_ops = PackedArenaOps(arena, pack.seg, pack.lengths, pack.inv_count) if pack.seg is not None else ops
-        tensor_step(pack_ops, flat_w, flat_g, pack.stage_state, cfg, scalars)
+        yield pack_ops, flat_w, flat_g, pack.stage_state
         torch._foreach_copy_(pw, pieces_w)
     arena.release()
