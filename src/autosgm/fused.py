@@ -321,12 +321,11 @@ class FusedLayout:
     to ``PACK_LIMIT`` elements per workspace (the first pack rides along with the first call, the
     others get calls of their own). A tensor that is not contiguous
     (or whose state is not), or a lone one of one element or none, takes the reference path.
-    ``params`` are the parameters (complex ones are viewed as real).
+    ``ws`` are the parameters, complex ones viewed as real (:func:`~autosgm.state.real_view`).
     """
 
-    def __init__(self, params: list[Tensor], states: list[dict[str, Any]], per_tensor: set[str],
+    def __init__(self, ws: list[Tensor], states: list[dict[str, Any]], per_tensor: set[str],
                  dtype: torch.dtype, plain: bool = True) -> None:  # fmt: skip
-        ws = [torch.view_as_real(p) if torch.is_complex(p) else p for p in params]
         self.per_tensor = per_tensor
         self.numels = [w.numel() for w in ws]
         self.plain = plain  # plain tensors (not DTensor shards): direct calls allowed

@@ -263,12 +263,12 @@ class CpuLayout:
 
     Tensors of :data:`ALONE` elements or more, and tensors that are not contiguous, are stepped
     alone; the others are packed, :data:`PACK_CHUNK` elements at most per pack (a run of one
-    tensor is stepped alone). ``params`` are the parameters (complex ones viewed as real).
+    tensor is stepped alone). ``ws`` are the parameters, complex ones viewed as real
+    (:func:`~autosgm.state.real_view`).
     """
 
-    def __init__(self, params: list[Tensor], states: list[dict[str, Any]], per_tensor: set[str],
+    def __init__(self, ws: list[Tensor], states: list[dict[str, Any]], per_tensor: set[str],
                  dtype: torch.dtype) -> None:  # fmt: skip
-        ws = [torch.view_as_real(p) if torch.is_complex(p) else p for p in params]
         bufs = [{k: v for k, v in st.items() if k != "step"} for st in states]
         self.alone: list[tuple[int, dict[str, Tensor]]] = []
         small = []

@@ -42,17 +42,18 @@ class Bucket:
         self.index = index  # positions in the group's list of parameters with gradients (None: all)
         self.params = params
         self.complex = torch.is_complex(params[0])
-        self.dtype = state_dtype(real_view(params[0]).dtype)
+        ws = [real_view(p) for p in params]
+        self.dtype = state_dtype(ws[0].dtype)
         self.steps = pack_scalars(states, "step")
         names = [k for k in states[0] if k != "step"]
         per_tensor = {k for k in names if cfg.numerator_mode == "tensor" and k in PER_TENSOR_STATS}
         self.chunks = self.layout = self.cpu = None
         plain = all(type(p.data) is torch.Tensor for p in params)  # (not DTensor shards)
         if fused:
-            self.layout = FusedLayout(params, states, per_tensor, self.dtype, plain)
+            self.layout = FusedLayout(ws, states, per_tensor, self.dtype, plain)
             return
         if uses_cpu_layout(params, cfg, plain):
-            self.cpu = CpuLayout(params, states, per_tensor, self.dtype)
+            self.cpu = CpuLayout(ws, states, per_tensor, self.dtype)
             return
         buffers = {k: pack_scalars(states, k) if k in per_tensor else [st[k] for st in states] for k in names}
         # the stage chain runs on a few tensors at a time, so that what one pass writes the next
